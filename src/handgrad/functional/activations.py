@@ -1,0 +1,207 @@
+"""Non-linear activations: sigmoid, tanh, relu, leaky_relu, softmax, log_softmax.
+
+Each derivative is written from the forward's *output* where it is a function of it
+(sigmoid, tanh, softmax, log_softmax), and from a boolean mask where it is piecewise
+constant (relu, leaky_relu), which costs one byte an element instead of four.
+
+Reference: Nielsen, "Neural Networks and Deep Learning", ch. 2; CS231n layers.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd import Function
+
+# --------------------------------------------------------------------------- sigmoid
+
+
+def stable_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """sigma(x) = 1 / (1 + e^-x), evaluated without overflow.
+
+    For x >= 0 use 1 / (1 + e^-x); for x < 0 the equal form e^x / (1 + e^x).
+    Both only ever exponentiate -|x| <= 0, so e^(.) lies in (0, 1] for any finite x.
+    """
+    z = torch.exp(-x.abs())  # e^-|x| in (0, 1]
+    return torch.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+class Sigmoid(Function):
+    """y = sigma(x) = 1 / (1 + e^-x)          x (*)  ->  y (*)
+
+    dy/dx = sigma(x) (1 - sigma(x)) = y (1 - y)
+    grad_x = grad_y * y * (1 - y)             (saves the output y, not x)
+    """
+
+    @staticmethod
+    def forward(input):
+        return stable_sigmoid(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return grad_output * y * (1 - y)
+
+
+def sigmoid(input: torch.Tensor) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.sigmoid."""
+    return Sigmoid.apply(input)
+
+
+# --------------------------------------------------------------------------- tanh
+
+
+class Tanh(Function):
+    """y = tanh(x)                             x (*)  ->  y (*)
+
+    dy/dx = 1 - tanh(x)^2 = 1 - y^2
+    grad_x = grad_y * (1 - y^2)               (saves the output y)
+    """
+
+    @staticmethod
+    def forward(input):
+        return torch.tanh(input)  # saturates to +-1; never overflows
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return grad_output * (1 - y * y)
+
+
+def tanh(input: torch.Tensor) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.tanh."""
+    return Tanh.apply(input)
+
+
+# --------------------------------------------------------------------------- relu, leaky_relu
+
+
+class ReLU(Function):
+    """y = max(x, 0)                           x (*)  ->  y (*)
+
+    dy/dx = 1 where x > 0, else 0 (the subgradient 0 at x = 0, as torch uses)
+    grad_x = grad_y * [x > 0]                 (saves the bool mask [x > 0])
+    """
+
+    @staticmethod
+    def forward(input):
+        return input.clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (input,) = inputs
+        ctx.save_for_backward(input > 0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (positive,) = ctx.saved_tensors
+        return grad_output * positive
+
+
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.relu (``inplace`` is accepted and ignored:
+    the hand-written op always returns a new tensor)."""
+    return ReLU.apply(input)
+
+
+class LeakyReLU(Function):
+    """y = x if x > 0 else a x                 x (*)  ->  y (*),  a = negative_slope
+
+    dy/dx = 1 where x > 0, else a
+    grad_x = grad_y * where(x > 0, 1, a)      (saves the bool mask [x > 0])
+    """
+
+    @staticmethod
+    def forward(input, negative_slope):
+        return torch.where(input > 0, input, input * negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, negative_slope = inputs
+        ctx.save_for_backward(input > 0)
+        ctx.negative_slope = negative_slope
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (positive,) = ctx.saved_tensors
+        return torch.where(positive, grad_output, grad_output * ctx.negative_slope), None
+
+
+def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.leaky_relu (``inplace`` is ignored)."""
+    return LeakyReLU.apply(input, negative_slope)
+
+
+# --------------------------------------------------------------------------- softmax, log_softmax
+
+
+class Softmax(Function):
+    """y_i = e^(x_i - m) / sum_j e^(x_j - m),  m = max_j x_j      along ``dim``
+
+    Subtracting the max changes nothing mathematically and keeps every exponent <= 0.
+    Jacobian: dy_i/dx_k = y_i ([i = k] - y_k), so
+    grad_x = y * (grad_y - sum_j grad_y_j y_j)    (saves the output y)
+    """
+
+    @staticmethod
+    def forward(input, dim):
+        e = torch.exp(input - input.amax(dim, keepdim=True))
+        return e / e.sum(dim, keepdim=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return y * (grad_output - (grad_output * y).sum(ctx.dim, keepdim=True)), None
+
+
+class LogSoftmax(Function):
+    """y_i = x_i - logsumexp(x) = (x_i - m) - log sum_j e^(x_j - m),  m = max_j x_j
+
+    dy_i/dx_k = [i = k] - softmax(x)_k = [i = k] - e^(y_k), so
+    grad_x = grad_y - e^y * sum_j grad_y_j       (saves the output y)
+    """
+
+    @staticmethod
+    def forward(input, dim):
+        shifted = input - input.amax(dim, keepdim=True)
+        return shifted - torch.log(torch.exp(shifted).sum(dim, keepdim=True))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (y,) = ctx.saved_tensors
+        return grad_output - torch.exp(y) * grad_output.sum(ctx.dim, keepdim=True), None
+
+
+def _softmax_args(name: str, input: torch.Tensor, dim: int | None, dtype: torch.dtype | None) -> torch.Tensor:
+    if dim is None:
+        raise ValueError(f"{name}: pass dim explicitly, e.g. {name}(x, dim=-1) to normalise over the last axis")
+    if not -input.dim() <= dim < max(input.dim(), 1):
+        raise IndexError(f"{name}: dim={dim} is out of range for an input of shape {tuple(input.shape)}")
+    return input if dtype is None else input.to(dtype)
+
+
+def softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.softmax (``dim`` is required)."""
+    return Softmax.apply(_softmax_args("softmax", input, dim, dtype), dim)
+
+
+def log_softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.log_softmax (``dim`` is required)."""
+    return LogSoftmax.apply(_softmax_args("log_softmax", input, dim, dtype), dim)
