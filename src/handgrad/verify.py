@@ -149,9 +149,9 @@ def _cross_entropy_inputs(dtype, g):
     return dict(input=randn(8, 5, dtype=dtype, generator=g, scale=2.0), target=class_indices(8, 5, g))
 
 
-# --------------------------------------------------------------------------- the table
+# --------------------------------------------------------------------------- the table: MLP ops
 
-OP_CASES: list[OpCase] = [
+MLP_CASES: list[OpCase] = [
     OpCase("linear", F.linear, torch_F.linear, _linear_inputs),
     OpCase("sigmoid", F.sigmoid, torch.sigmoid, _elementwise_inputs),
     OpCase("tanh", F.tanh, torch.tanh, _elementwise_inputs),
@@ -169,3 +169,13 @@ OP_CASES: list[OpCase] = [
     OpCase("cross_entropy(none)", F.cross_entropy, torch_F.cross_entropy, _cross_entropy_inputs,
            dict(reduction="none")),
 ]
+
+# --------------------------------------------------------------------------- the table: CNN and regularisation ops
+
+CNN_CASES: list[OpCase] = []
+
+# --------------------------------------------------------------------------- the table: fused ops
+
+FUSED_CASES: list[OpCase] = []
+
+OP_CASES: list[OpCase] = MLP_CASES + CNN_CASES + FUSED_CASES
