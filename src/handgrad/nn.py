@@ -14,11 +14,18 @@ import torch
 import handgrad.functional as F
 
 __all__ = [
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Conv2d",
     "CrossEntropyLoss",
+    "Dropout",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",
     "MSELoss",
+    "MaxPool2d",
     "ReLU",
     "Sigmoid",
     "Softmax",
@@ -91,3 +98,73 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(input, target, reduction=self.reduction)
+
+
+# --------------------------------------------------------------------------- convolutional networks and regularisation
+
+
+class Conv2d(torch.nn.Conv2d):
+    """2-D convolution with the hand-written backward of ``handgrad.functional.conv2d``; only
+    zero padding is hand-written, so other ``padding_mode`` values are refused."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise NotImplementedError(
+                f"handgrad.nn.Conv2d supports padding_mode='zeros' only, got {self.padding_mode!r} "
+                "(use torch.nn.Conv2d for reflect, replicate or circular padding)"
+            )
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    def forward(self, input: torch.Tensor):
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+
+class Dropout(torch.nn.Dropout):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout(input, self.p, self.training)
+
+
+class _BatchNormForward:
+    """torch.nn.modules.batchnorm._BatchNorm.forward, calling the hand-written batch_norm.
+
+    In training with tracked statistics, num_batches_tracked counts the batches, and momentum=None
+    averages the running statistics over all of them (factor 1 / num_batches_tracked). Batch
+    statistics normalise in training, and in evaluation when no running statistics are kept.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        pass_buffers = not self.training or self.track_running_stats  # only to use them or to update them
+        return F.batch_norm(input, self.running_mean if pass_buffers else None,
+                            self.running_var if pass_buffers else None,
+                            self.weight, self.bias, use_batch_stats, factor, self.eps)
+
+
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    """Batch norm over (N, C) or (N, C, L) with the hand-written backward of ``handgrad.functional.batch_norm``."""
+
+
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """Batch norm over (N, C, H, W) with the hand-written backward of ``handgrad.functional.batch_norm``."""
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)

@@ -5,14 +5,24 @@ and every backward is derived by hand in the Function's docstring.
 """
 
 from handgrad.functional.activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from handgrad.functional.conv import conv2d
+from handgrad.functional.dropout import dropout
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import cross_entropy, mse_loss
+from handgrad.functional.normalization import batch_norm, layer_norm
+from handgrad.functional.pooling import avg_pool2d, max_pool2d
 
 __all__ = [
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
     "cross_entropy",
+    "dropout",
+    "layer_norm",
     "leaky_relu",
     "linear",
     "log_softmax",
+    "max_pool2d",
     "mse_loss",
     "relu",
     "sigmoid",

@@ -1,0 +1,173 @@
+"""2-D max and average pooling.
+
+Max pooling routes each window's gradient to the one input that won the window, which the
+forward records as a flat index; average pooling spreads it evenly over the window, one
+strided addition per offset in the window.
+
+Reference: CS231n "max_pool_forward_naive / max_pool_backward_naive";
+torch.nn.functional.max_pool2d and avg_pool2d (the same window arithmetic and defaults).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as torch_F
+from torch.autograd import Function
+
+from handgrad.functional.conv import IntPair, pair
+
+# --------------------------------------------------------------------------- max_pool2d
+
+
+class MaxPool2d(Function):
+    """y[n, c, h, w] = max over the window (s*h - p + d*i, s*w - p + d*j), 0 <= i < kH, 0 <= j < kW,
+    of x, with padding counted as -inf (so a window's maximum is always a real input)
+
+    Shapes:  x (N, C, H, W)  ->  y (N, C, H_out, W_out), and the winners' flat indices into H * W (same shape)
+
+    dy/dx = 1 at the window's winner, 0 elsewhere, so each window sends its gradient to its winner;
+    an input that wins several overlapping windows collects them all:
+    grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w]      (N, C, H, W)
+
+    Saves only the int64 indices and the input's shape, not the input.
+    """
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        return torch_F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, kernel_size, stride, _, dilation, _ = inputs
+        _, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.input_shape = input.shape
+        # Windows that cannot share an input (stride >= the kernel's span) send each input one gradient at most.
+        ctx.disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_indices):
+        (indices,) = ctx.saved_tensors
+        n, c, height, width = ctx.input_shape
+        grad_input = grad_output.new_zeros(n, c, height * width)
+        if ctx.disjoint:  # every index distinct: a plain scatter, faster than adding
+            grad_input.scatter_(2, indices.flatten(2), grad_output.flatten(2))
+        else:  # an input that wins several windows collects them all
+            grad_input.scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
+        return grad_input.view(n, c, height, width), None, None, None, None, None
+
+
+def _pool_args(op, input, kernel_size, stride, padding, dilation=1):
+    """The window arguments as pairs, checked against the input's shape like torch checks them."""
+    if input.dim() not in (3, 4):
+        raise ValueError(f"{op}: expected input of shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
+    kernel = pair(kernel_size, "kernel_size", op)
+    stride = kernel if stride is None else pair(stride, "stride", op)
+    padding, dilation = pair(padding, "padding", op), pair(dilation, "dilation", op)
+    if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"{op}: kernel_size, stride and dilation must be positive, got kernel_size={kernel}, "
+                         f"stride={stride}, dilation={dilation}")
+    reach = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    if min(padding) < 0 or any(2 * p > r for p, r in zip(padding, reach)):
+        raise ValueError(f"{op}: padding={padding} must be between 0 and half the kernel's span {reach}, "
+                         "so that every window holds at least one input")
+    height, width = input.shape[-2:]
+    padded = (height + 2 * padding[0], width + 2 * padding[1])
+    if reach[0] > padded[0] or reach[1] > padded[1]:
+        raise ValueError(
+            f"{op}: kernel_size={kernel} with dilation {dilation} spans {reach}, larger than the input of shape "
+            f"{tuple(input.shape)} padded by {padding} to {padded}; use a smaller kernel, more padding or a "
+            "larger input"
+        )
+    return kernel, stride, padding, dilation
+
+
+def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+               dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False):
+    """Hand-written twin of torch.nn.functional.max_pool2d (stride defaults to kernel_size)."""
+    kernel, stride, padding, dilation = _pool_args("max_pool2d", input, kernel_size, stride, padding, dilation)
+    if input.dim() == 3:  # a single image (C, H, W) is a batch of one
+        output, indices = max_pool2d(input.unsqueeze(0), kernel, stride, padding, dilation, ceil_mode, True)
+        output, indices = output.squeeze(0), indices.squeeze(0)
+    else:
+        output, indices = MaxPool2d.apply(input, kernel, stride, padding, dilation, ceil_mode)
+    return (output, indices) if return_indices else output
+
+
+# --------------------------------------------------------------------------- avg_pool2d
+
+
+def window_counts(in_size: int, out_size: int, kernel: int, stride: int, padding: int, count_include_pad: bool):
+    """How many elements each of the ``out_size`` windows along one axis averages (torch's divisor).
+
+    Window t covers rows [t*s - p, t*s - p + k) clipped to the padded input [-p, in_size + p), or to the
+    input itself [0, in_size) when padding is not counted. Windows only extend past the padded input
+    with ceil_mode=True.
+    """
+    start = torch.arange(out_size) * stride - padding
+    end = (start + kernel).clamp(max=in_size + padding)
+    if not count_include_pad:
+        start, end = start.clamp(min=0), end.clamp(max=in_size)
+    return end - start
+
+
+class AvgPool2d(Function):
+    """y[n, c, h, w] = (1 / D[h, w]) sum over the window (s*h - p + i, s*w - p + j), 0 <= i < kH, 0 <= j < kW,
+    of x, with padding counted as 0
+
+    Shapes:  x (N, C, H, W)  ->  y (N, C, H_out, W_out)
+    D[h, w] = kH * kW with the defaults; fewer at the borders where windows are clipped
+    (count_include_pad=False, ceil_mode=True); ``divisor_override`` when given.
+
+    dy[h, w]/dx = 1 / D[h, w] for every x in window (h, w), so each window spreads grad_y / D evenly
+    over its inputs, and overlapping windows add up:
+    grad_x_pad[s*h + i, s*w + j] += grad_y[h, w] / D[h, w]   for every window offset (i, j),
+    then grad_x = grad_x_pad without the padding                                      (N, C, H, W)
+
+    Saves nothing but shapes and window arguments.
+    """
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return torch_F.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.kernel_size, ctx.stride, ctx.padding, _, ctx.count_include_pad, ctx.divisor_override = inputs
+        ctx.input_shape = input.shape
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        n, c, height, width = ctx.input_shape
+        (k_h, k_w), (s_h, s_w), (p_h, p_w) = ctx.kernel_size, ctx.stride, ctx.padding
+        out_h, out_w = grad_output.shape[2:]
+        if ctx.divisor_override is not None:
+            divisor = ctx.divisor_override
+        else:
+            rows = window_counts(height, out_h, k_h, s_h, p_h, ctx.count_include_pad)  # (H_out,)
+            cols = window_counts(width, out_w, k_w, s_w, p_w, ctx.count_include_pad)  # (W_out,)
+            divisor = torch.outer(rows, cols).to(grad_output)  # (H_out, W_out)
+
+        share = grad_output / divisor  # what each input of window (h, w) receives   (N, C, H_out, W_out)
+        # The windows tile a frame that starts at the padded input's corner (-p, -p); the window offset
+        # (i, j) of every window lands on the frame's rows s*h + i, columns s*w + j.
+        spread = grad_output.new_zeros(n, c, (out_h - 1) * s_h + k_h, (out_w - 1) * s_w + k_w)
+        for i in range(k_h):
+            for j in range(k_w):
+                spread[:, :, i:i + (out_h - 1) * s_h + 1:s_h, j:j + (out_w - 1) * s_w + 1:s_w] += share
+        # Crop the padding off the top and left; crop or zero-fill the bottom and right to (H, W).
+        grad_input = torch_F.pad(spread, (-p_w, width + p_w - spread.shape[3], -p_h, height + p_h - spread.shape[2]))
+        return grad_input.view(n, c, height, width), None, None, None, None, None, None
+
+
+def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
+    """Hand-written twin of torch.nn.functional.avg_pool2d (stride defaults to kernel_size)."""
+    kernel, stride, padding, _ = _pool_args("avg_pool2d", input, kernel_size, stride, padding)
+    if divisor_override is not None and divisor_override <= 0:
+        raise ValueError(f"avg_pool2d: divisor_override must be positive, got {divisor_override}")
+    if input.dim() == 3:  # a single image (C, H, W) is a batch of one
+        return avg_pool2d(input.unsqueeze(0), kernel, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override).squeeze(0)
+    return AvgPool2d.apply(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
