@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import handgrad.functional as F
+from handgrad.functional.fused import linear_activation, mlp, mlp_loss
 
 Inputs = dict[str, object]
 
@@ -89,7 +90,9 @@ def compare(hand: Callable, reference: Callable, inputs: Inputs, kwargs: dict | 
     for fn in (hand, reference):
         args = fresh_copies(inputs)
         output = fn(**args, **kwargs)
-        generator = torch.Generator(device=output.device).manual_seed(seed)
+        # seed + 1: the inputs were drawn from ``seed``; an upstream gradient from the same stream
+        # would be a copy of them and could make some gradients vanish (batch norm's, for one).
+        generator = torch.Generator(device=output.device).manual_seed(seed + 1)
         grad_output = torch.randn(output.shape, dtype=output.dtype, device=output.device, generator=generator)
         leaves = {n: v for n, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad}
         if leaves:
@@ -172,10 +175,206 @@ MLP_CASES: list[OpCase] = [
 
 # --------------------------------------------------------------------------- the table: CNN and regularisation ops
 
-CNN_CASES: list[OpCase] = []
+
+def distinct(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """Shuffled values 0.05 apart: no two inputs tie for a window's maximum, even after a finite-difference step."""
+    n = torch.Size(shape).numel()
+    values = (torch.randperm(n, generator=generator).to(dtype) - n / 2) * 0.05
+    return values.reshape(shape).requires_grad_()
+
+
+def _conv_inputs(n: int, c_in: int, height: int, width: int, c_out: int, kernel: int, groups: int = 1,
+                 bias: bool = True):
+    def make(dtype, g):
+        return dict(input=randn(n, c_in, height, width, dtype=dtype, generator=g),
+                    weight=randn(c_out, c_in // groups, kernel, kernel, dtype=dtype, generator=g),
+                    bias=randn(c_out, dtype=dtype, generator=g) if bias else None)
+    return make
+
+
+def _pool_inputs(n: int, c: int, height: int, width: int):
+    def make(dtype, g):
+        return dict(input=distinct(n, c, height, width, dtype=dtype, generator=g))
+    return make
+
+
+def _norm_inputs(*shape: int, affine: bool = True, normalized_ndim: int | None = None):
+    """Input of ``shape``; with ``normalized_ndim`` (layer norm) weight and bias over the last dims, else
+    (batch norm) per channel, with running statistics (not differentiated)."""
+    def make(dtype, g):
+        params = shape[-normalized_ndim:] if normalized_ndim else shape[1:2]
+        # Uniform on [-1, 3), not randn: compare() draws grad_output with randn from the same seed, and a grad_output
+        # affine in the input lies in the null space of the normalisation's backward (grad_input would be ~0).
+        inputs = dict(input=(4 * torch.rand(shape, dtype=dtype, generator=g) - 1).requires_grad_(),
+                      weight=randn(*params, dtype=dtype, generator=g) if affine else None,
+                      bias=randn(*params, dtype=dtype, generator=g) if affine else None)
+        if not normalized_ndim:
+            inputs["running_mean"] = torch.randn(shape[1], dtype=dtype, generator=g)
+            inputs["running_var"] = torch.rand(shape[1], dtype=dtype, generator=g) + 0.5
+        return inputs
+    return make
+
+
+def seeded(dropout: Callable, seed: int = 0) -> Callable:
+    """``dropout`` with the global generator reseeded on each call, so every call drops the same
+    elements (gradcheck calls it many times); the caller's generator state is left as it was."""
+    def fn(input, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return dropout(input, **kwargs)
+    return fn
+
+
+CNN_CASES: list[OpCase] = [
+    OpCase("conv2d(3x3)", F.conv2d, torch_F.conv2d, _conv_inputs(2, 3, 6, 6, 3, 3)),
+    OpCase("conv2d(stride=2, padding=1, odd 7x8)", F.conv2d, torch_F.conv2d, _conv_inputs(2, 3, 7, 8, 3, 3),
+           dict(stride=2, padding=1)),
+    OpCase("conv2d(dilation=2, padding=2)", F.conv2d, torch_F.conv2d, _conv_inputs(2, 2, 7, 7, 3, 3),
+           dict(dilation=2, padding=2)),
+    OpCase("conv2d(groups=3, no bias)", F.conv2d, torch_F.conv2d, _conv_inputs(2, 6, 5, 5, 6, 3, groups=3, bias=False),
+           dict(groups=3)),
+    OpCase("conv2d(groups=2, stride=(2,1), padding=(1,0), dilation=(1,2))", F.conv2d, torch_F.conv2d,
+           _conv_inputs(2, 4, 5, 7, 4, 3, groups=2), dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2)),
+    OpCase("conv2d(5x5, 1 channel, odd 9x11)", F.conv2d, torch_F.conv2d, _conv_inputs(2, 1, 9, 11, 2, 5)),
+    OpCase("conv2d(padding='same')", F.conv2d, torch_F.conv2d, _conv_inputs(2, 2, 5, 5, 3, 3), dict(padding="same")),
+    OpCase("max_pool2d(2x2)", F.max_pool2d, torch_F.max_pool2d, _pool_inputs(2, 3, 8, 8), dict(kernel_size=2)),
+    OpCase("max_pool2d(3x3, stride=2, padding=1, odd 7x9)", F.max_pool2d, torch_F.max_pool2d, _pool_inputs(2, 3, 7, 9),
+           dict(kernel_size=3, stride=2, padding=1)),
+    OpCase("max_pool2d(3x3, stride=1)", F.max_pool2d, torch_F.max_pool2d, _pool_inputs(2, 3, 6, 7),
+           dict(kernel_size=3, stride=1)),
+    OpCase("max_pool2d((3,2), stride=(2,1), padding=(1,0), ceil_mode)", F.max_pool2d, torch_F.max_pool2d,
+           _pool_inputs(2, 3, 8, 7), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True)),
+    OpCase("max_pool2d(2x2, dilation=2, padding=1)", F.max_pool2d, torch_F.max_pool2d, _pool_inputs(2, 3, 7, 7),
+           dict(kernel_size=2, dilation=2, padding=1)),
+    OpCase("avg_pool2d(2x2, odd 7x7)", F.avg_pool2d, torch_F.avg_pool2d, _pool_inputs(2, 3, 7, 7), dict(kernel_size=2)),
+    OpCase("avg_pool2d(3x3, stride=2, padding=1)", F.avg_pool2d, torch_F.avg_pool2d, _pool_inputs(2, 3, 7, 8),
+           dict(kernel_size=3, stride=2, padding=1)),
+    OpCase("avg_pool2d(3x3, stride=2, padding=1, ceil_mode, count_include_pad=False)", F.avg_pool2d,
+           torch_F.avg_pool2d, _pool_inputs(2, 3, 8, 8),
+           dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    OpCase("avg_pool2d((2,3), stride=1, divisor_override=4)", F.avg_pool2d, torch_F.avg_pool2d, _pool_inputs(2, 3, 6, 6),
+           dict(kernel_size=(2, 3), stride=1, divisor_override=4)),
+    OpCase("batch_norm(train, N C)", F.batch_norm, torch_F.batch_norm, _norm_inputs(8, 3), dict(training=True)),
+    OpCase("batch_norm(train, N C H W)", F.batch_norm, torch_F.batch_norm, _norm_inputs(2, 3, 4, 5),
+           dict(training=True)),
+    OpCase("batch_norm(train, N C L, no affine)", F.batch_norm, torch_F.batch_norm, _norm_inputs(4, 3, 5, affine=False),
+           dict(training=True)),
+    OpCase("batch_norm(train, N C H W, no affine, momentum=0.5)", F.batch_norm, torch_F.batch_norm,
+           _norm_inputs(2, 3, 4, 5, affine=False), dict(training=True, momentum=0.5)),
+    OpCase("batch_norm(eval, N C)", F.batch_norm, torch_F.batch_norm, _norm_inputs(8, 3), dict(training=False)),
+    OpCase("batch_norm(eval, N C H W)", F.batch_norm, torch_F.batch_norm, _norm_inputs(2, 3, 4, 5),
+           dict(training=False)),
+    OpCase("batch_norm(eval, N C H W, no affine)", F.batch_norm, torch_F.batch_norm,
+           _norm_inputs(2, 3, 4, 5, affine=False), dict(training=False)),
+    OpCase("layer_norm(last dim)", F.layer_norm, torch_F.layer_norm, _norm_inputs(3, 4, 5, normalized_ndim=1),
+           dict(normalized_shape=(5,))),
+    OpCase("layer_norm(last 2 dims)", F.layer_norm, torch_F.layer_norm, _norm_inputs(3, 4, 5, normalized_ndim=2),
+           dict(normalized_shape=(4, 5))),
+    OpCase("layer_norm(last 2 dims, no affine)", F.layer_norm, torch_F.layer_norm,
+           _norm_inputs(3, 4, 5, affine=False, normalized_ndim=2), dict(normalized_shape=(4, 5))),
+    # The same seed draws the same mask in both (bernoulli_(1 - p) on the global generator, as torch does).
+    OpCase("dropout(p=0.3, seeded)", seeded(F.dropout), seeded(torch_F.dropout), _elementwise_inputs, dict(p=0.3)),
+]
 
 # --------------------------------------------------------------------------- the table: fused ops
 
-FUSED_CASES: list[OpCase] = []
+# The plain torch ops each fused activation stands for (applied after torch_F.linear).
+TORCH_ACTIVATIONS: dict[str | None, Callable] = {
+    "sigmoid": lambda z, negative_slope: torch.sigmoid(z),
+    "tanh": lambda z, negative_slope: torch.tanh(z),
+    "relu": lambda z, negative_slope: torch_F.relu(z),
+    "leaky_relu": lambda z, negative_slope: torch_F.leaky_relu(z, negative_slope),
+    "softmax": lambda z, negative_slope: torch_F.softmax(z, dim=-1),
+    None: lambda z, negative_slope: z,
+}
+
+
+def linear_activation_reference(input, weight, bias, activation, negative_slope=0.01):
+    return TORCH_ACTIVATIONS[activation](torch_F.linear(input, weight, bias), negative_slope)
+
+
+def _layers(params: dict) -> tuple[list, list]:
+    """weight0, bias0, weight1, ... (keyword arguments, so the table can name each) -> (weights, biases)."""
+    depth = len(params) // 2
+    return [params[f"weight{l}"] for l in range(depth)], [params[f"bias{l}"] for l in range(depth)]
+
+
+def mlp_by_name(input, activation, output_activation=None, negative_slope=0.01, **params):
+    """``mlp`` with its parameters passed one by one as weight0, bias0, weight1, bias1, ..."""
+    weights, biases = _layers(params)
+    return mlp(input, weights, biases, activation, output_activation, negative_slope)
+
+
+def mlp_reference(input, activation, output_activation=None, negative_slope=0.01, **params):
+    """The same network from plain torch ops, layer by layer."""
+    weights, biases = _layers(params)
+    a = input
+    for l, (weight, bias) in enumerate(zip(weights, biases)):
+        f = output_activation if l == len(weights) - 1 else activation
+        a = TORCH_ACTIVATIONS[f](torch_F.linear(a, weight, bias), negative_slope)
+    return a
+
+
+def mlp_loss_by_name(input, target, activation, output_activation=None, loss="cross_entropy", reduction="mean",
+                     negative_slope=0.01, **params):
+    """The loss of ``mlp_loss`` (not its detached output), parameters passed as weight0, bias0, ..."""
+    weights, biases = _layers(params)
+    value, _ = mlp_loss(input, target, weights, biases, activation, output_activation, loss, reduction, negative_slope)
+    return value
+
+
+def mlp_loss_reference(input, target, activation, output_activation=None, loss="cross_entropy", reduction="mean",
+                       negative_slope=0.01, **params):
+    """torch's loss of the plain-torch network."""
+    output = mlp_reference(input, activation, output_activation, negative_slope, **params)
+    torch_loss = torch_F.mse_loss if loss == "mse" else torch_F.cross_entropy
+    return torch_loss(output, target, reduction=reduction)
+
+
+def _mlp_inputs(*widths: int, bias: bool | list[bool] = True, target: str | None = None):
+    """Inputs for an MLP of the given widths (input first), 7 rows; ``bias`` per layer or for all;
+    ``target``: None, "values" (7, widths[-1]) for mse, or "classes" (7,) for cross-entropy."""
+    has_bias = bias if isinstance(bias, list) else [bias] * (len(widths) - 1)
+
+    def make(dtype, g):
+        inputs = dict(input=randn(7, widths[0], dtype=dtype, generator=g))
+        if target == "values":
+            inputs["target"] = randn(7, widths[-1], dtype=dtype, generator=g)
+        elif target == "classes":
+            inputs["target"] = class_indices(7, widths[-1], g)
+        for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+            inputs[f"weight{l}"] = randn(d_out, d_in, dtype=dtype, generator=g, scale=d_in**-0.5)
+            inputs[f"bias{l}"] = randn(d_out, dtype=dtype, generator=g) if has_bias[l] else None
+        return inputs
+
+    return make
+
+
+FUSED_CASES: list[OpCase] = [
+    *(OpCase(f"linear_activation({name})", linear_activation, linear_activation_reference, _linear_inputs,
+             dict(activation=activation))
+      for name, activation in [("sigmoid", "sigmoid"), ("tanh", "tanh"), ("relu", "relu"), ("softmax", "softmax"),
+                               ("identity", None)]),
+    OpCase("linear_activation(leaky_relu)", linear_activation, linear_activation_reference, _linear_inputs,
+           dict(activation="leaky_relu", negative_slope=0.2)),
+    OpCase("mlp(sigmoid, out=sigmoid)", mlp_by_name, mlp_reference, _mlp_inputs(5, 4, 3),
+           dict(activation="sigmoid", output_activation="sigmoid")),
+    OpCase("mlp(relu, out=None)", mlp_by_name, mlp_reference, _mlp_inputs(5, 6, 4, 3), dict(activation="relu")),
+    OpCase("mlp(tanh, out=softmax)", mlp_by_name, mlp_reference, _mlp_inputs(5, 6, 4, 3),
+           dict(activation="tanh", output_activation="softmax")),
+    OpCase("mlp(leaky_relu, no hidden bias)", mlp_by_name, mlp_reference,
+           _mlp_inputs(5, 6, 4, 3, bias=[True, False, True]), dict(activation="leaky_relu", negative_slope=0.2)),
+    OpCase("mlp(one layer, sigmoid)", mlp_by_name, mlp_reference, _mlp_inputs(5, 3),
+           dict(activation="relu", output_activation="sigmoid")),
+    OpCase("mlp_loss(mse, sigmoid)", mlp_loss_by_name, mlp_loss_reference, _mlp_inputs(5, 4, 3, target="values"),
+           dict(activation="sigmoid", output_activation="sigmoid", loss="mse")),
+    OpCase("mlp_loss(mse, sum, relu)", mlp_loss_by_name, mlp_loss_reference,
+           _mlp_inputs(5, 6, 4, 3, target="values"), dict(activation="relu", loss="mse", reduction="sum")),
+    OpCase("mlp_loss(cross_entropy, relu)", mlp_loss_by_name, mlp_loss_reference,
+           _mlp_inputs(5, 6, 4, 3, target="classes"), dict(activation="relu", loss="cross_entropy")),
+    OpCase("mlp_loss(cross_entropy, sum, tanh)", mlp_loss_by_name, mlp_loss_reference,
+           _mlp_inputs(5, 4, 3, bias=[False, True], target="classes"),
+           dict(activation="tanh", loss="cross_entropy", reduction="sum")),
+]
 
 OP_CASES: list[OpCase] = MLP_CASES + CNN_CASES + FUSED_CASES

@@ -7,6 +7,7 @@ and every backward is derived by hand in the Function's docstring.
 from handgrad.functional.activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
 from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
+from handgrad.functional.fused import linear_activation, mlp, mlp_loss, mlp_loss_and_grads
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import cross_entropy, mse_loss
 from handgrad.functional.normalization import batch_norm, layer_norm
@@ -21,6 +22,10 @@ __all__ = [
     "layer_norm",
     "leaky_relu",
     "linear",
+    "linear_activation",
+    "mlp",
+    "mlp_loss",
+    "mlp_loss_and_grads",
     "log_softmax",
     "max_pool2d",
     "mse_loss",

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as torch_F
 from torch.autograd import Function
 
+from handgrad.functional.function import combined_forward
+
 IntPair = int | tuple[int, int]
 
 
@@ -35,6 +37,7 @@ def output_padding(input_size: int, output_size: int, kernel: int, stride: int, 
     return input_size + 2 * padding - ((output_size - 1) * stride + dilation * (kernel - 1) + 1)
 
 
+@combined_forward
 class Conv2d(Function):
     """y[n, o] = b[o] + sum_{c in group(o)} sum_{i,j} W[o, c, i, j] * x_pad[n, c, s*h + d*i, s*w + d*j]
 

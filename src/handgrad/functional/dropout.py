@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
+from handgrad.functional.function import combined_forward
 
+
+@combined_forward
 class Dropout(Function):
     """y = x * m / (1 - p),   m ~ Bernoulli(1 - p) drawn once per element      x (*), m (*) bool  ->  y (*)
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
+from handgrad.functional.function import combined_forward
 
+
+@combined_forward
 class Linear(Function):
     """y = x @ W^T + b
 

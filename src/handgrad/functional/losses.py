@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
+from handgrad.functional.function import combined_forward
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -28,6 +30,7 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- mse_loss
 
 
+@combined_forward
 class MSELoss(Function):
     """L = reduce((x - t)^2),  d = x - t        x (*), t (*) -> L () or (*) with "none"
 
@@ -76,6 +79,7 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
 # --------------------------------------------------------------------------- cross_entropy
 
 
+@combined_forward
 class CrossEntropy(Function):
     """Softmax cross-entropy of logits x (N, C) against class indices t (N,).
 

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch.autograd import Function
 
+from handgrad.functional.function import combined_forward
+
 
 def standardized_grad(grad_xhat, xhat, invstd, mean_g, mean_g_xhat):
     """grad_x of x_hat = (x - mean) * invstd, where mean and var = mean((x - mean)^2) come from the
@@ -57,6 +59,7 @@ def channel_sum(t: torch.Tensor) -> torch.Tensor:
     return t.sum(0).reshape(t.shape[1], -1).sum(1)
 
 
+@combined_forward
 class BatchNormTrain(Function):
     """Batch norm with the batch's own statistics, per channel c over the m = N * (H * W ...) elements:
 
@@ -116,6 +119,7 @@ class BatchNormTrain(Function):
         return grad_input, grad_weight, grad_bias, None
 
 
+@combined_forward
 class BatchNormEval(Function):
     """Batch norm with fixed (running) statistics: an affine map per channel.
 
@@ -212,6 +216,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
 # --------------------------------------------------------------------------- layer_norm
 
 
+@combined_forward
 class LayerNorm(Function):
     """Layer norm over the last k dimensions (their D elements form one row):
 

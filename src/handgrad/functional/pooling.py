@@ -14,11 +14,14 @@ import torch
 import torch.nn.functional as torch_F
 from torch.autograd import Function
 
+from handgrad.functional.function import combined_forward
+
 from handgrad.functional.conv import IntPair, pair
 
 # --------------------------------------------------------------------------- max_pool2d
 
 
+@combined_forward
 class MaxPool2d(Function):
     """y[n, c, h, w] = max over the window (s*h - p + d*i, s*w - p + d*j), 0 <= i < kH, 0 <= j < kW,
     of x, with padding counted as -inf (so a window's maximum is always a real input)
@@ -112,6 +115,7 @@ def window_counts(in_size: int, out_size: int, kernel: int, stride: int, padding
     return end - start
 
 
+@combined_forward
 class AvgPool2d(Function):
     """y[n, c, h, w] = (1 / D[h, w]) sum over the window (s*h - p + i, s*w - p + j), 0 <= i < kH, 0 <= j < kW,
     of x, with padding counted as 0

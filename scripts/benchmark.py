@@ -1,0 +1,536 @@
+"""Do hand-written gradients cost anything? Training-step time and memory, hand vs autograd.
+
+    python scripts/benchmark.py                 # every row; markdown to stdout, JSON to logs/benchmarks/
+    python scripts/benchmark.py --quick         # fewer, shorter repeats: a smoke run
+    python scripts/benchmark.py --device cuda   # the same rows on the GPU, fp32 and bf16 autocast
+    python scripts/benchmark.py --breakdown     # where a nielsen_ch1 step goes: optimizer, zero_grad, threads
+    python scripts/benchmark.py --threads 1 --clock cpu   # on a shared CPU box: one thread, this process's CPU time
+
+Row groups (issue 5):
+  1. Step time: zero_grad, forward, loss, backward and SGD update of each hand-written backend,
+     against its autograd twin built with the same weights. Backends:
+       autograd      torch.nn layers, torch.nn.functional loss, torch.optim.SGD
+       hand          handgrad.nn layers, one Function per op (Linear, Sigmoid, ...), handgrad.optim.SGD
+       fused_layers  one Function per layer: linear + activation (functional.fused.linear_activation)
+       fused_mlp     one Function for the whole network (functional.fused.mlp), Nielsen's backprop
+       fused_mlp_loss  one Function for the network and its loss (functional.fused.mlp_loss)
+       no_autograd   the same hand-written forward and backward called directly, no graph at all
+                     (functional.fused.mlp_loss_and_grads): .grad is set, then the SGD step (fp32 only)
+     Before timing, each backend's first step must give autograd's loss and gradients.
+  2. Memory: bytes of the distinct storages saved for backward in one step, counted exactly with
+     torch.autograd.graph.saved_tensors_hooks (with and without the parameters, which exist anyway);
+     on CUDA also the step's torch.cuda.max_memory_allocated above the memory in use before it.
+  3. End to end: one epoch of nielsen_ch1 through the Lightning pipeline vs a bare PyTorch loop.
+     NOT WIRED YET: see ``end_to_end_rows``.
+  4. With CUDA: groups 1 and 2 on the GPU, in fp32 and under bf16 autocast.
+
+Method: a row's contenders live in one process and take turns within every repeat (the order
+rotates), so a burst of load on a shared machine hits them alike. A repeat times a chunk of
+steps sized to ~``--chunk-ms``, after warm-up steps. Reported: the median over repeats of the
+time per step, and the median over repeats of the paired ratio backend / autograd.
+On a CPU shared with other jobs, two intra-op threads can make a small step 10-200x slower
+(threads wait on each other while the cores are busy), so use --threads 1 there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as torch_F
+
+import handgrad.functional as F
+import handgrad.nn as hnn
+from handgrad.functional.fused import combined_forward, linear_activation, mlp, mlp_loss, mlp_loss_and_grads
+from handgrad.optim import SGD
+
+BACKENDS = ("autograd", "hand", "fused_layers", "fused_mlp", "fused_mlp_loss", "no_autograd")
+LOG_DIR = Path(__file__).resolve().parents[1] / "logs" / "benchmarks"
+DEFAULT_THREADS = torch.get_num_threads()  # before --threads changes it
+
+# --------------------------------------------------------------------------- the networks
+
+
+@dataclass(frozen=True)
+class Row:
+    """One network, loss and batch size, as benchmarked."""
+
+    name: str
+    sizes: tuple[int, ...]
+    activation: str
+    output_activation: str | None  # None: logits
+    loss: str  # "mse" (on one-hot targets) or "cross_entropy" (on class indices)
+    batch: int
+
+
+ROWS = [
+    Row("nielsen_ch1 784-30-10 sigmoid, mse", (784, 30, 10), "sigmoid", "sigmoid", "mse", 10),
+    Row("784-256-256-10 relu, cross-entropy", (784, 256, 256, 10), "relu", None, "cross_entropy", 128),
+    Row("784-256-256-10 relu, cross-entropy", (784, 256, 256, 10), "relu", None, "cross_entropy", 1024),
+]
+
+TORCH_ACTIVATIONS = {"sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh, "relu": torch.nn.ReLU,
+                     "leaky_relu": torch.nn.LeakyReLU}
+HAND_ACTIVATIONS = {"sigmoid": hnn.Sigmoid, "tanh": hnn.Tanh, "relu": hnn.ReLU, "leaky_relu": hnn.LeakyReLU}
+
+
+def sequential(sizes, activation, output_activation, linear=torch.nn.Linear, activations=TORCH_ACTIVATIONS):
+    """nn.Sequential(Linear, act, Linear, act, ..., Linear[, out_act]): keys '0.weight', '0.bias', '2.weight', ..."""
+    layers = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        f = output_activation if i == len(sizes) - 2 else activation
+        layers += [linear(d_in, d_out)] + ([activations[f]()] if f is not None else [])
+    return layers
+
+
+class FusedMLP(torch.nn.Sequential):
+    """The plain nn.Sequential of Linear and activation layers, computed as ONE hand-written Function.
+
+    Same modules, parameters, ``state_dict`` keys ('0.weight', '0.bias', '2.weight', ...) and
+    repr as ``torch.nn.Sequential(Linear, Sigmoid, Linear, Sigmoid)``; only ``forward`` differs:
+    it hands every weight and bias to ``handgrad.functional.fused.mlp``. ``loss`` goes one
+    step further and folds the cost into the same Function (``fused.mlp_loss``).
+    """
+
+    def __init__(self, sizes, activation="relu", output_activation=None):
+        super().__init__(*sequential(sizes, activation, output_activation))
+        self.activation, self.output_activation = activation, output_activation
+        self.linears = [m for m in self if isinstance(m, torch.nn.Linear)]  # a plain list: registered once, above
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return mlp(input, [m.weight for m in self.linears], [m.bias for m in self.linears], self.activation,
+                   self.output_activation)
+
+    def loss(self, input: torch.Tensor, target: torch.Tensor, loss: str = "cross_entropy",
+             reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, output): loss(self(input), target) and the output, from one Function (no node for the loss)."""
+        return mlp_loss(input, target, [m.weight for m in self.linears], [m.bias for m in self.linears],
+                        self.activation, self.output_activation, loss, reduction)
+
+    def loss_and_grads(self, input: torch.Tensor, target: torch.Tensor, loss: str = "cross_entropy",
+                       reduction: str = "mean") -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """(loss, gradients in the order of self.parameters()), without autograd (``fused.mlp_loss_and_grads``)."""
+        value, _, grads = mlp_loss_and_grads(input, target, [m.weight for m in self.linears],
+                                             [m.bias for m in self.linears], self.activation,
+                                             self.output_activation, loss, reduction)
+        return value, grads
+
+
+class FusedLayersMLP(FusedMLP):
+    """The same network with one Function per layer (linear + activation) instead of one in all."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.linears):
+            f = self.output_activation if i == len(self.linears) - 1 else self.activation
+            input = linear_activation(input, layer.weight, layer.bias, f)
+        return input
+
+
+@dataclass
+class Network:
+    model: torch.nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, target) -> the batch's loss
+    optimizer: torch.optim.Optimizer
+    # (x, target) -> (loss, gradients of model.parameters()) without autograd; then loss is unused
+    loss_and_grads: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list]] | None = None
+
+
+def build(row: Row, backend: str, state_dict: dict, device: torch.device, lr: float = 0.01) -> Network:
+    """``row``'s network from ``backend``, loaded with ``state_dict`` (so every backend starts equal)."""
+    args = (row.sizes, row.activation, row.output_activation)
+    if backend == "autograd":
+        model = torch.nn.Sequential(*sequential(*args))
+    elif backend == "hand":
+        model = torch.nn.Sequential(*sequential(*args, linear=hnn.Linear, activations=HAND_ACTIVATIONS))
+    else:
+        model = FusedLayersMLP(*args) if backend == "fused_layers" else FusedMLP(*args)
+    model.load_state_dict(state_dict)
+    model.to(device)
+    if backend == "autograd":
+        loss_fn = torch_F.mse_loss if row.loss == "mse" else torch_F.cross_entropy
+        return Network(model, lambda x, t: loss_fn(model(x), t), torch.optim.SGD(model.parameters(), lr=lr))
+    if backend == "fused_mlp_loss":
+        return Network(model, lambda x, t: model.loss(x, t, row.loss)[0], SGD(model.parameters(), lr=lr))
+    if backend == "no_autograd":
+        return Network(model, lambda x, t: model.loss(x, t, row.loss)[0], SGD(model.parameters(), lr=lr),
+                       loss_and_grads=lambda x, t: model.loss_and_grads(x, t, row.loss))
+    loss_fn = F.mse_loss if row.loss == "mse" else F.cross_entropy
+    return Network(model, lambda x, t: loss_fn(model(x), t), SGD(model.parameters(), lr=lr))
+
+
+def make_batch(row: Row, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(row.batch, row.sizes[0], generator=g)  # pixel-like values in [0, 1)
+    labels = torch.randint(row.sizes[-1], (row.batch,), generator=g)
+    target = torch_F.one_hot(labels, row.sizes[-1]).float() if row.loss == "mse" else labels
+    return x.to(device), target.to(device)
+
+
+def lenet_networks(device: torch.device) -> dict[str, Network] | str:
+    """The LeNet-5 row's backends, or the reason it is skipped."""
+    import handgrad.models
+
+    LeNet5 = getattr(handgrad.models, "LeNet5", None)
+    if LeNet5 is None:
+        return "handgrad.models.LeNet5 does not exist yet"
+    try:  # the convention of handgrad.models.MLP: backend="hand" | "autograd", same state_dict keys
+        hand = LeNet5(backend="hand")
+        twin = LeNet5(backend="autograd")
+        twin.load_state_dict(hand.state_dict())
+    except (TypeError, ValueError, RuntimeError) as error:
+        return f"handgrad.models.LeNet5 could not be built as LeNet5(backend=...): {error}"
+    twin, hand = twin.to(device), hand.to(device)
+    return {"autograd": Network(twin, lambda x, t: torch_F.cross_entropy(twin(x), t),
+                                torch.optim.SGD(twin.parameters(), lr=0.01)),
+            "hand": Network(hand, lambda x, t: F.cross_entropy(hand(x), t), SGD(hand.parameters(), lr=0.01))}
+
+
+# --------------------------------------------------------------------------- one step, and what it saves
+
+
+def bf16_autocast(device: torch.device, enabled: bool):
+    """torch.autocast to bf16, or a no-op context (even a disabled torch.autocast costs ~6 us a step)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def training_step(net: Network, x: torch.Tensor, target: torch.Tensor, autocast: bool = False) -> torch.Tensor:
+    """zero_grad, forward, loss, backward, update: one step of SGD."""
+    if net.loss_and_grads is not None:  # no autograd: the gradients are computed, then handed to the optimizer
+        loss, grads = net.loss_and_grads(x, target)
+        for p, grad in zip(net.model.parameters(), grads, strict=True):
+            p.grad = grad
+    else:
+        net.optimizer.zero_grad()
+        with bf16_autocast(x.device, autocast):
+            loss = net.loss(x, target)
+        loss.backward()
+    net.optimizer.step()
+    return loss
+
+
+def first_step_gradients(net: Network, x, target, autocast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    if net.loss_and_grads is not None:
+        loss, grads = net.loss_and_grads(x, target)
+        return loss.float(), grads
+    net.optimizer.zero_grad()
+    with bf16_autocast(x.device, autocast):
+        loss = net.loss(x, target)
+    loss.backward()
+    return loss.detach().float(), [p.grad.clone() for p in net.model.parameters()]
+
+
+def check_first_step(nets: dict[str, Network], x, target, autocast: bool) -> dict[str, str]:
+    """Assert every backend's loss and gradients equal autograd's on the same weights and batch.
+
+    Returns the backends that raise a RuntimeError instead (e.g. a backward that cannot run
+    under autocast), with the error; a backend that runs but disagrees fails the benchmark.
+    """
+    if autocast:
+        tolerance = dict(rtol=1.6e-2, atol=1e-2)  # bf16 keeps ~3 significant digits
+    elif x.device.type == "cuda":
+        tolerance = dict(rtol=1e-4, atol=1e-5)  # cuBLAS may pick different kernels (split-k) for the two
+    else:
+        tolerance = {}  # torch.testing.assert_close's float32 defaults
+    expected_loss, expected_grads = first_step_gradients(nets["autograd"], x, target, autocast)
+    failures = {}
+    for name, net in nets.items():
+        try:
+            loss, grads = first_step_gradients(net, x, target, autocast)
+        except RuntimeError as error:
+            failures[name] = str(error).splitlines()[0]
+            continue
+        torch.testing.assert_close(loss, expected_loss, **tolerance, msg=lambda m, n=name: f"{n} loss: {m}")
+        for i, (grad, expected) in enumerate(zip(grads, expected_grads, strict=True)):
+            torch.testing.assert_close(grad, expected, **tolerance, msg=lambda m, n=name, i=i: f"{n} grad {i}: {m}")
+    return failures
+
+
+def saved_bytes(net: Network, x, target, autocast: bool) -> tuple[int, int]:
+    """(all, excluding parameters): bytes of the distinct storages one step saves for backward."""
+    storages = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    net.optimizer.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), bf16_autocast(x.device, autocast):
+        loss = net.loss(x, target)
+    loss.backward()
+    parameters = {p.untyped_storage().data_ptr() for p in net.model.parameters()}
+    return sum(storages.values()), sum(n for ptr, n in storages.items() if ptr not in parameters)
+
+
+def cuda_peak_bytes(net: Network, x, target, autocast: bool) -> int:
+    """torch.cuda.max_memory_allocated during one step, above what was allocated before it."""
+    training_step(net, x, target, autocast)  # the optimizer state and .grad exist from here on
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    training_step(net, x, target, autocast)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+# --------------------------------------------------------------------------- timing
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_interleaved(steps: dict[str, Callable[[], object]], repeats: int, chunk_s: float,
+                     device: torch.device, clock: str = "wall") -> dict[str, list[float]]:
+    """Seconds per step of each contender, one value per repeat; contenders take turns in every repeat.
+
+    clock="cpu" counts this process's CPU time (time.process_time) instead of wall time: on a
+    shared machine it leaves out the time other processes hold the cores (use it with one thread).
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    now = CLOCKS[clock]
+    names = list(steps)
+    chunks = {}
+    for name, step in steps.items():  # warm-up (allocator, lazy inits), then size a chunk to ~chunk_s
+        for _ in range(5):
+            step()
+        sync()
+        start = time.perf_counter()
+        for _ in range(3):
+            step()
+        sync()
+        chunks[name] = max(1, round(chunk_s / ((time.perf_counter() - start) / 3)))  # sized in wall time
+
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            step, chunk = steps[name], chunks[name]
+            sync()
+            start = now()
+            for _ in range(chunk):
+                step()
+            sync()
+            times[name].append((now() - start) / chunk)
+    return times
+
+
+def summarize(times: dict[str, list[float]], batch: int) -> dict[str, dict]:
+    base = times["autograd"]
+    return {name: dict(step_us=statistics.median(ts) * 1e6, us_per_example=statistics.median(ts) * 1e6 / batch,
+                       ratio=statistics.median(t / b for t, b in zip(ts, base)), repeats_us=[t * 1e6 for t in ts])
+            for name, ts in times.items()}
+
+
+def bench_row(label: str, batch: int, nets: dict[str, Network], x, target, device, autocast, args) -> list[dict]:
+    dtype = "bf16 autocast" if autocast else "fp32"
+    failures = check_first_step(nets, x, target, autocast)
+    nets = {name: net for name, net in nets.items() if name not in failures}
+    steps = {name: (lambda net=net: training_step(net, x, target, autocast)) for name, net in nets.items()}
+    stats = summarize(time_interleaved(steps, args.repeats, args.chunk_ms / 1e3, device, args.clock), batch)
+    results = []
+    for name, net in nets.items():
+        # without autograd nothing is saved for a backward: the step holds the same tensors, briefly
+        saved, saved_activations = saved_bytes(net, x, target, autocast) if net.loss_and_grads is None else (None, None)
+        result = dict(network=label, batch=batch, device=device.type, dtype=dtype, backend=name,
+                      saved_bytes=saved, saved_bytes_without_params=saved_activations, **stats[name])
+        if device.type == "cuda":
+            result["cuda_peak_bytes"] = cuda_peak_bytes(net, x, target, autocast)
+        results.append(result)
+        print(f"  {label} b{batch} {dtype} {name}: {result['step_us']:.0f} us/step, x{result['ratio']:.2f}",
+              file=sys.stderr)
+    for name, error in failures.items():
+        results.append(dict(network=label, batch=batch, device=device.type, dtype=dtype, backend=name, error=error))
+        print(f"  {label} b{batch} {dtype} {name}: FAILS: {error}", file=sys.stderr)
+    return results
+
+
+def step_time_rows(device: torch.device, autocast: bool, args) -> list[dict]:
+    """Row groups 1 and 2 (and 4, on CUDA): every row, every backend."""
+    results = []
+    for row in ROWS if not args.only else [r for r in ROWS if r.batch in args.only]:
+        torch.manual_seed(0)
+        state_dict = torch.nn.Sequential(*sequential(row.sizes, row.activation, row.output_activation)).state_dict()
+        backends = [b for b in BACKENDS if not (autocast and b == "no_autograd")]  # it has no autocast handling
+        nets = {backend: build(row, backend, state_dict, device) for backend in backends}
+        x, target = make_batch(row, device)
+        results += bench_row(row.name, row.batch, nets, x, target, device, autocast, args)
+
+    nets = lenet_networks(device)
+    if isinstance(nets, str):
+        print(f"note: LeNet-5 row skipped: {nets}", file=sys.stderr)
+    else:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(128, 1, 28, 28, generator=g).to(device)  # (N, C, H, W) MNIST-shaped
+        target = torch.randint(10, (128,), generator=g).to(device)
+        results += bench_row("LeNet-5", 128, nets, x, target, device, autocast, args)
+    return results
+
+
+# --------------------------------------------------------------------------- row group 3 (to be wired)
+
+
+def end_to_end_rows(args) -> list[dict]:
+    """Row group 3: one epoch of nielsen_ch1 through the Lightning pipeline vs a bare PyTorch loop.
+
+    TODO(lead): NOT IMPLEMENTED. Wire it once handgrad.data, handgrad.lit_module and
+    scripts/train.py are in: time one epoch (after a warm-up epoch) of (a) lightning.Trainer.fit
+    on the nielsen_ch1 config, (b) a bare loop over the same DataLoader with the same model and
+    SGD, (c) (b) with the autograd twin; report us per training example (target: <= 25 us for
+    (a) at batch 10) and return one dict per contender like ``bench_row`` does.
+    """
+    print("note: row group 3 (end to end, Lightning vs bare loop) is not implemented yet", file=sys.stderr)
+    return []
+
+
+# --------------------------------------------------------------------------- where a small step goes
+
+
+def breakdown(args) -> list[dict]:
+    """nielsen_ch1 at batch 10: the optimizer and zero_grad alone, the cost of calling a Function,
+    relu's derivative two ways, and one intra-op thread vs the default."""
+    row = ROWS[0]
+    torch.manual_seed(0)
+    state_dict = torch.nn.Sequential(*sequential(row.sizes, row.activation, row.output_activation)).state_dict()
+    x, target = make_batch(row, torch.device("cpu"))
+    nets = {backend: build(row, backend, state_dict, torch.device("cpu"))
+            for backend in ("autograd", "fused_mlp_loss", "no_autograd")}
+    for net in nets.values():
+        training_step(net, x, target)  # every .grad exists
+
+    def update_only(net):
+        return lambda: net.optimizer.step()
+
+    def zero_grad_then_restore(net):
+        params = list(net.model.parameters())
+        grads = [p.grad for p in params]
+
+        def run():
+            net.optimizer.zero_grad()
+            for p, g in zip(params, grads):  # put the gradients back for the next call (included in the time)
+                p.grad = g
+        return run
+
+    plain, combined = calling_cost_probes()
+    one = torch.ones(10, 30, requires_grad=True)
+    parts = {f"{name} full step": (lambda net=net: training_step(net, x, target)) for name, net in nets.items()}
+    grad, relu_output = torch.randn(1024, 256), torch.randn(1024, 256).clamp_min(0)
+    parts |= {"Function.apply with setup_context": lambda: plain.apply(one, 1.0),
+              "Function.apply, @combined_forward": lambda: combined.apply(one, 1.0),
+              "relu backward (1024, 256), grad * bool mask": lambda: grad * (relu_output > 0),
+              "relu backward (1024, 256), grad * sign(y)": lambda: grad * relu_output.sign(),
+              "torch.optim.SGD.step": update_only(nets["autograd"]),
+              "handgrad.optim.SGD.step": update_only(nets["fused_mlp_loss"]),
+              "zero_grad + restoring .grad": zero_grad_then_restore(nets["autograd"])}
+    results = []
+    timed = time_interleaved(parts, args.repeats, args.chunk_ms / 1e3, torch.device("cpu"), args.clock)
+    for name, ts in timed.items():
+        results.append(dict(part=name, threads=torch.get_num_threads(), step_us=statistics.median(ts) * 1e6))
+
+    threads_now = torch.get_num_threads()
+    for threads in (1, DEFAULT_THREADS) if DEFAULT_THREADS > 1 else ():
+        torch.set_num_threads(threads)
+        steps = {name: (lambda net=net: training_step(net, x, target)) for name, net in nets.items()}
+        for name, ts in time_interleaved(steps, args.repeats, args.chunk_ms / 1e3, torch.device("cpu"),
+                                         "wall").items():  # wall: CPU time would count threads spinning
+            results.append(dict(part=f"{name} full step", threads=threads, step_us=statistics.median(ts) * 1e6))
+    torch.set_num_threads(threads_now)
+    return results
+
+
+def calling_cost_probes() -> tuple[type[torch.autograd.Function], type[torch.autograd.Function]]:
+    """Two copies of a trivial Function (y = x * c): as written (forward + setup_context), and @combined_forward."""
+
+    class Scale(torch.autograd.Function):
+        @staticmethod
+        def forward(input, c):
+            return input * c
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.c = inputs[1]
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            return grad_output * ctx.c, None
+
+    class CombinedScale(Scale):
+        pass
+
+    return Scale, combined_forward(CombinedScale)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| network | batch | device | dtype | backend | step (us) | us / example | vs autograd "
+             "| saved for backward (KiB) | same, without params (KiB) | CUDA peak (KiB) |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['network']} | {r['batch']} | {r['device']} | {r['dtype']} | {r['backend']} "
+                         f"| fails: {r['error']} | | | | | |")
+            continue
+        peak = f"{r['cuda_peak_bytes'] / 1024:.1f}" if "cuda_peak_bytes" in r else "-"
+        saved = "-" if r["saved_bytes"] is None else f"{r['saved_bytes'] / 1024:.1f}"
+        saved_activations = "-" if r["saved_bytes"] is None else f"{r['saved_bytes_without_params'] / 1024:.1f}"
+        lines.append(f"| {r['network']} | {r['batch']} | {r['device']} | {r['dtype']} | {r['backend']} "
+                     f"| {r['step_us']:.1f} | {r['us_per_example']:.2f} | {r['ratio']:.2f} "
+                     f"| {saved} | {saved_activations} | {peak} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=31, help="timed repeats per contender (median reported)")
+    parser.add_argument("--chunk-ms", type=float, default=40.0, help="target duration of one timed chunk of steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available); on cuda, bf16 autocast rows are added")
+    parser.add_argument("--quick", action="store_true", help="7 repeats of 10 ms chunks: a smoke run")
+    parser.add_argument("--bf16", action="store_true", help="also the bf16 autocast rows on cpu")
+    parser.add_argument("--only", type=int, nargs="*", help="only the rows with these batch sizes")
+    parser.add_argument("--breakdown", action="store_true", help="also time optimizer, zero_grad, thread counts")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for the run (default: torch's)")
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
+                        help="wall time, or this process's CPU time (robust on a shared machine with --threads 1)")
+    parser.add_argument("--name", help="JSON file name under logs/benchmarks/ (default: a timestamp)")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.chunk_ms = 7, 10.0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    results = step_time_rows(device, autocast=False, args=args)
+    if device.type == "cuda" or args.bf16:
+        results += step_time_rows(device, autocast=True, args=args)
+    end_to_end = end_to_end_rows(args)
+    parts = breakdown(args) if args.breakdown else []
+
+    print(markdown(results))
+    for part in parts:
+        print(f"- {part['part']} ({part['threads']} threads): {part['step_us']:.1f} us")
+
+    meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
+                cpu_count=os.cpu_count(), threads=torch.get_num_threads(), device=str(device),
+                cuda=torch.cuda.get_device_name() if device.type == "cuda" else None,
+                time=datetime.now().isoformat(timespec="seconds"), args=vars(args))
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    path = LOG_DIR / f"{args.name or datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(dict(meta=meta, step_rows=results, end_to_end_rows=end_to_end, breakdown=parts),
+                               indent=1))
+    print(f"\nsaved {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
