@@ -1,6 +1,10 @@
-"""handgrad: neural networks whose gradients are written by hand and proven against autograd."""
+"""handgrad: neural networks whose gradients are written by hand and proven against autograd.
 
-from handgrad import functional, nn, optim
+``handgrad.data`` (the LightningDataModule) and ``handgrad.lit_module`` (the LightningModule)
+import Lightning and torchvision, so they are imported by name rather than here.
+"""
+
+from handgrad import functional, models, nn, optim
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "optim"]
+__all__ = ["functional", "models", "nn", "optim"]

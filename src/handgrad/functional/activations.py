@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 # --------------------------------------------------------------------------- sigmoid
 
@@ -34,6 +34,8 @@ class Sigmoid(Function):
     dy/dx = sigma(x) (1 - sigma(x)) = y (1 - y)
     grad_x = grad_y * y * (1 - y)             (saves the output y, not x)
     """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input):
@@ -64,6 +66,8 @@ class Tanh(Function):
     dy/dx = 1 - tanh(x)^2 = 1 - y^2
     grad_x = grad_y * (1 - y^2)               (saves the output y)
     """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input):
@@ -100,6 +104,8 @@ class ReLU(Function):
     multiplying by it (scripts/benchmark.py).
     """
 
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
+
     @staticmethod
     def forward(input):
         return input.clamp_min(0)
@@ -127,6 +133,8 @@ class LeakyReLU(Function):
     dy/dx = 1 where x > 0, else a
     grad_x = grad_y * where(x > 0, 1, a)      (saves the bool mask [x > 0])
     """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input, negative_slope):
@@ -161,6 +169,8 @@ class Softmax(Function):
     grad_x = y * (grad_y - sum_j grad_y_j y_j)    (saves the output y)
     """
 
+    autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's softmax
+
     @staticmethod
     def forward(input, dim):
         e = torch.exp(input - input.amax(dim, keepdim=True))
@@ -184,6 +194,8 @@ class LogSoftmax(Function):
     dy_i/dx_k = [i = k] - softmax(x)_k = [i = k] - e^(y_k), so
     grad_x = grad_y - e^y * sum_j grad_y_j       (saves the output y)
     """
+
+    autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's log_softmax
 
     @staticmethod
     def forward(input, dim):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as torch_F
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 IntPair = int | tuple[int, int]
 
@@ -55,6 +55,8 @@ class Conv2d(Function):
     Only what a requested gradient needs is saved: x for grad_W, W for grad_x.
     """
 
+    autocast = Autocast.LOWER_PRECISION  # as torch's conv2d: x, W, b cast to bf16 / fp16
+
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
         return torch_F.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -88,7 +90,10 @@ class Conv2d(Function):
             grad_weight = torch_F.conv2d(x_t, grad_y_t, None, d, p, s, g)  # (C_in / g, C_out, >= kH, >= kW)
             grad_weight = grad_weight[:, :, :k_h, :k_w].transpose(0, 1)  # (C_out, C_in / g, kH, kW)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum(0).flatten(1).sum(1)  # (C_out,)  over n, then h, w: faster than at once
+            # Over n, then h, w (faster than at once), summed in float32 at least: a bf16 / fp16 gradient
+            # (under autocast) is then rounded once, not once more per (h, w).
+            accumulate = torch.promote_types(grad_output.dtype, torch.float32)
+            grad_bias = grad_output.sum(0, dtype=accumulate).flatten(1).sum(1)  # (C_out,)
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 
 @combined_forward
@@ -22,6 +22,8 @@ class Dropout(Function):
     dy/dx = m / (1 - p), a constant per element:
     grad_x = grad_y * m / (1 - p)                 (saves the bool mask m, one byte an element)
     """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input, mask, scale):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 # --------------------------------------------------------------------------- activations, from their outputs
 
@@ -92,6 +92,14 @@ def as_matmul_operand(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def as_cost_operand(t: torch.Tensor) -> torch.Tensor:
+    """t as torch's losses read it under autocast (mse_loss and cross_entropy run in float32 there):
+    a float32 copy of a bf16/fp16 tensor; else t itself."""
+    if t.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(t.device.type):
+        return t.float()
+    return t
+
+
 def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """z = x W^T + b for x (N, D_in): b + x W^T in one kernel when there is a bias."""
     return x @ weight.mT if bias is None else torch.addmm(bias, x, weight.mT)
@@ -115,6 +123,8 @@ class LinearActivation(Function):
     Saves y (not z), x only if grad_W is wanted and W only if grad_x is; under autocast, x and
     W as the forward's matmul read them (see ``as_matmul_operand``).
     """
+
+    autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16 (as_matmul_operand)
 
     @staticmethod
     def forward(input, weight, bias, activation, negative_slope):
@@ -199,6 +209,8 @@ class MLP(Function):
     Arguments after ``activations`` are the parameters, flattened: W_1, b_1, W_2, b_2, ...
     (a bias may be None).
     """
+
+    autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16 (as_matmul_operand)
 
     @staticmethod
     def forward(input, activations, *params):
@@ -308,7 +320,8 @@ REDUCTIONS = ("mean", "sum")
 
 
 def cost(y: torch.Tensor, target: torch.Tensor, loss: str, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, r): the cost of y against target and its residual r (see MLPLoss)."""
+    """(L, r): the cost of y against target and its residual r (see MLPLoss); float32 under autocast."""
+    y, target = as_cost_operand(y), as_cost_operand(target)
     if loss == "mse":
         residual = y - target  # r (N, D_L)
         per_element = residual * residual
@@ -347,6 +360,8 @@ class MLPLoss(Function):
     Saves MLP's tensors plus r.
     """
 
+    autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16, the cost in float32
+
     @staticmethod
     def forward(input, target, loss, reduction, activations, *params):
         *hidden, y = forward_layers(input, params, activations)
@@ -373,7 +388,7 @@ class MLPLoss(Function):
         needs_x, needs_target, _, _, _, *needs_params = ctx.needs_input_grad
         grad_y = residual * (grad_loss * ctx.c)  # "mse": dL/dy = 2 s r grad_L; "cross_entropy": delta_L = s r grad_L
         grad_target = -grad_y if needs_target else None  # only "mse" has a differentiable target
-        if grad_y.dtype != ctx.output_dtype:  # under autocast an fp32 target makes r fp32; the matmuls run in y's
+        if grad_y.dtype != ctx.output_dtype:  # under autocast r is float32 (see cost); the matmuls run in y's
             grad_y = grad_y.to(ctx.output_dtype)
         grad_x, *grad_params = backpropagate(grad_y, a, weights, ctx.activations, needs_x, needs_params)
         return grad_x, grad_target, None, None, None, *grad_params

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 
 @combined_forward
@@ -24,6 +24,8 @@ class Linear(Function):
 
     Only what a requested gradient needs is saved: x for grad_W, W for grad_x.
     """
+
+    autocast = Autocast.LOWER_PRECISION  # as torch's linear: x, W, b cast to bf16 / fp16
 
     @staticmethod
     def forward(input, weight, bias):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -39,6 +39,8 @@ class MSELoss(Function):
     grad_x =  2 d * s * grad_L
     grad_t = -2 d * s * grad_L                (saves only the difference d)
     """
+
+    autocast = Autocast.FLOAT32  # as torch's mse_loss: float32 under autocast
 
     @staticmethod
     def forward(input, target, reduction):
@@ -93,6 +95,8 @@ class CrossEntropy(Function):
     Saves p = e^(log p) and t.
     """
 
+    autocast = Autocast.FLOAT32  # as torch's cross_entropy: float32 under autocast
+
     @staticmethod
     def forward(input, target, reduction):
         shifted = input - input.amax(1, keepdim=True)
@@ -140,7 +144,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, reduction: str = "m
             f"got {tuple(target.shape)}"
         )
     num_classes = input.shape[1]
-    if target.numel():
+    # The range check reads the target's values: a data-dependent branch that would break a torch.compile
+    # graph, so compiled code skips it (gather still raises for an index out of range).
+    if target.numel() and not torch.compiler.is_compiling():
         low, high = torch.aminmax(target)
         if low < 0 or high >= num_classes:
             bad = int(low) if low < 0 else int(high)

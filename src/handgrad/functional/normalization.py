@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 
 def standardized_grad(grad_xhat, xhat, invstd, mean_g, mean_g_xhat):
@@ -77,6 +77,8 @@ class BatchNormTrain(Function):
 
     Saves x, weight and the per-channel mean and invstd, as autograd does.
     """
+
+    autocast = Autocast.FLOAT32_INSIDE  # as torch's kernels: statistics in float32, y in x's dtype
 
     @staticmethod
     def forward(input, weight, bias, eps):
@@ -134,6 +136,8 @@ class BatchNormEval(Function):
 
     Saves x (only for grad_weight) and per-channel vectors.
     """
+
+    autocast = Autocast.FLOAT32_INSIDE  # as torch's kernels: in float32, y in x's dtype
 
     @staticmethod
     def forward(input, running_mean, running_var, weight, bias, eps):
@@ -232,6 +236,8 @@ class LayerNorm(Function):
 
     Saves x, weight and the per-row mean and invstd, as autograd does.
     """
+
+    autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's layer_norm
 
     @staticmethod
     def forward(input, normalized_ndim, weight, bias, eps):

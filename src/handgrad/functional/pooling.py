@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as torch_F
 from torch.autograd import Function
 
-from handgrad.functional.function import combined_forward
+from handgrad.functional.function import Autocast, combined_forward
 
 from handgrad.functional.conv import IntPair, pair
 
@@ -34,6 +34,8 @@ class MaxPool2d(Function):
 
     Saves only the int64 indices and the input's shape, not the input.
     """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -131,6 +133,8 @@ class AvgPool2d(Function):
 
     Saves nothing but shapes and window arguments.
     """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):

@@ -1,0 +1,89 @@
+"""scripts/compare_batch_modes.py and scripts/gradient_flow.py on small data: their PNGs and TensorBoard runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def script(name: str):
+    """scripts/<name>.py as a module (registered in sys.modules, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compare_batch_modes, gradient_flow = script("compare_batch_modes"), script("gradient_flow")
+
+
+def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def is_png(path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- compare_batch_modes
+
+
+@pytest.mark.parametrize("data", ["quick", "mnist"])
+def test_compare_batch_modes_writes_its_png_and_a_run_per_regime(data, tmp_path, mnist_root, capsys):
+    out, logdir = tmp_path / "docs" / "batch_modes.png", tmp_path / "logs"
+    data_args = ["--quick", "--examples", "90"] if data == "quick" else ["--data-root", mnist_root, "--examples", "64"]
+    assert compare_batch_modes.main([*data_args, "--epochs", "2", "--out", str(out), "--logdir", str(logdir)]) == 0
+    assert is_png(out)
+
+    runs = {regime: scalars(logdir / regime, "train/loss") for regime in ("full-batch", "mini-batch", "stochastic")}
+    n = 90 if data == "quick" else 64
+    assert {run[0] for run in runs.values()} == {runs["full-batch"][0]}  # the same initial weights: one loss at 0
+    assert all(run[-1][0] == 2 * n for run in runs.values())  # the same number of examples seen
+    assert len(runs["stochastic"]) > len(runs["mini-batch"]) > len(runs["full-batch"]) == 3  # start + 2 updates
+
+    table = capsys.readouterr().out
+    assert "| full-batch | %d | 0.5 | 2 |" % n in table and "| stochastic | 1 | 0.01 | %d |" % (2 * n) in table
+
+
+def test_compare_batch_modes_replaces_its_previous_runs(tmp_path):
+    args = ["--quick", "--examples", "30", "--epochs", "1", "--out", str(tmp_path / "a.png"),
+            "--logdir", str(tmp_path / "logs")]
+    compare_batch_modes.main(args)
+    compare_batch_modes.main(args)
+    assert len(list((tmp_path / "logs" / "mini-batch").glob("events.out.tfevents.*"))) == 1
+
+
+def test_measurement_points_are_log_spaced_and_at_every_epoch_end():
+    points = compare_batch_modes.measurement_points(total_updates=2000, updates_per_epoch=500)
+    assert {1, 10, 100, 1000, 500, 1500, 2000} <= points and max(points) == 2000
+    assert len(points & set(range(100, 1000)) - {500}) == 12  # a dozen a decade, and the epoch end 500
+
+
+# --------------------------------------------------------------------------- gradient_flow
+
+
+@pytest.mark.parametrize("data", ["quick", "mnist"])
+def test_gradient_flow_writes_its_png_and_a_run_per_network(data, tmp_path, mnist_root):
+    out, logdir = tmp_path / "gradient_flow.png", tmp_path / "logs"
+    data_args = ["--quick"] if data == "quick" else ["--data-root", mnist_root, "--examples", "150", "--probe", "100"]
+    assert gradient_flow.main([*data_args, "--log-every", "10", "--out", str(out), "--logdir", str(logdir)]) == 0
+    assert is_png(out)
+
+    steps = 60 if data == "quick" else 15  # 600 or 150 examples in batches of 10
+    at_init = {}
+    for activation in ("sigmoid", "relu"):
+        norms = [scalars(logdir / activation, f"grad/layers.{layer}/norm") for layer in range(7)]  # 6 hidden + output
+        assert all(run[0][0] == 0 and run[-1][0] == steps for run in norms)
+        at_init[activation] = [run[0][1] for run in norms]
+    # Nielsen ch. 5, measured: in the sigmoid net the first layer's gradient is orders of magnitude below
+    # the last layer's; with ReLU far less so.
+    ratio = {activation: norms[0] / norms[-1] for activation, norms in at_init.items()}
+    assert ratio["sigmoid"] < 1e-2 and ratio["sigmoid"] < ratio["relu"] / 10
