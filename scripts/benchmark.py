@@ -16,12 +16,17 @@ Row groups (issue 5):
        fused_mlp_loss  one Function for the network and its loss (functional.fused.mlp_loss)
        no_autograd   the same hand-written forward and backward called directly, no graph at all
                      (functional.fused.mlp_loss_and_grads): .grad is set, then the SGD step (fp32 only)
+       fused_step    what Classifier trains an MLP with (its fused path): no_autograd's gradients, and
+                     SGD's update in foreach ops (lit_module.sgd_update), no .grad (fp32 only)
      Before timing, each backend's first step must give autograd's loss and gradients.
   2. Memory: bytes of the distinct storages saved for backward in one step, counted exactly with
      torch.autograd.graph.saved_tensors_hooks (with and without the parameters, which exist anyway);
      on CUDA also the step's torch.cuda.max_memory_allocated above the memory in use before it.
-  3. End to end: one epoch of nielsen_ch1 through the Lightning pipeline vs a bare PyTorch loop.
-     NOT WIRED YET: see ``end_to_end_rows``.
+  3. End to end (CPU): epochs of nielsen_ch1 run as ``scripts/train.py --config configs/nielsen_ch1.yaml``
+     runs them (Lightning, TensorBoard logging, histograms and the config's callbacks; validation off)
+     against the plain PyTorch loop (torch.nn twin, torch.optim.SGD) and lit_module.bare_epoch over the
+     same tensors in the same order: us per example at batch 10 (50,000 examples) and batch 1 (5,000),
+     and the ratio Lightning / loop. Needs MNIST under --data-root.
   4. With CUDA: groups 1 and 2 on the GPU, in fp32 and under bf16 autocast.
 
 Method: a row's contenders live in one process and take turns within every repeat (the order
@@ -29,34 +34,50 @@ rotates), so a burst of load on a shared machine hits them alike. A repeat times
 steps sized to ~``--chunk-ms``, after warm-up steps. Reported: the median over repeats of the
 time per step, and the median over repeats of the paired ratio backend / autograd.
 On a CPU shared with other jobs, two intra-op threads can make a small step 10-200x slower
-(threads wait on each other while the cores are busy), so use --threads 1 there.
+(threads wait on each other while the cores are busy), so use --threads 1 there. --threads does
+not reach numpy's OpenBLAS, which TensorBoard's histograms call (row group 3): its own thread pool
+then spins beside the training thread; OPENBLAS_NUM_THREADS=1 in the environment stops it.
 """
 
 from __future__ import annotations
 
+import os
+
+# One OpenBLAS thread, set before numpy loads: TensorBoard's histograms call numpy, whose OpenBLAS
+# otherwise starts a pool of its own that spins beside torch's thread (10 us per example on
+# nielsen_ch1 on a 2-core machine; README, Performance). An explicit OPENBLAS_NUM_THREADS wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import contextlib
+import importlib.util
 import json
-import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as torch_F
+import yaml
 
 import handgrad.functional as F
 import handgrad.nn as hnn
+from handgrad.data import DataModule
 from handgrad.functional.fused import combined_forward, linear_activation, mlp, mlp_loss, mlp_loss_and_grads
+from handgrad.lit_module import bare_epoch, fused_steps, sgd_update
+from handgrad.models import MLP
 from handgrad.optim import SGD
 
-BACKENDS = ("autograd", "hand", "fused_layers", "fused_mlp", "fused_mlp_loss", "no_autograd")
-LOG_DIR = Path(__file__).resolve().parents[1] / "logs" / "benchmarks"
+BACKENDS = ("autograd", "hand", "fused_layers", "fused_mlp", "fused_mlp_loss", "no_autograd", "fused_step")
+REPO = Path(__file__).resolve().parents[1]
+LOG_DIR = REPO / "logs" / "benchmarks"
 DEFAULT_THREADS = torch.get_num_threads()  # before --threads changes it
 
 # --------------------------------------------------------------------------- the networks
@@ -144,6 +165,8 @@ class Network:
     optimizer: torch.optim.Optimizer
     # (x, target) -> (loss, gradients of model.parameters()) without autograd; then loss is unused
     loss_and_grads: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, list]] | None = None
+    # grads -> None: the update with those gradients (None: set .grad and call optimizer.step())
+    update: Callable[[list[torch.Tensor]], None] | None = None
 
 
 def build(row: Row, backend: str, state_dict: dict, device: torch.device, lr: float = 0.01) -> Network:
@@ -162,9 +185,11 @@ def build(row: Row, backend: str, state_dict: dict, device: torch.device, lr: fl
         return Network(model, lambda x, t: loss_fn(model(x), t), torch.optim.SGD(model.parameters(), lr=lr))
     if backend == "fused_mlp_loss":
         return Network(model, lambda x, t: model.loss(x, t, row.loss)[0], SGD(model.parameters(), lr=lr))
-    if backend == "no_autograd":
-        return Network(model, lambda x, t: model.loss(x, t, row.loss)[0], SGD(model.parameters(), lr=lr),
-                       loss_and_grads=lambda x, t: model.loss_and_grads(x, t, row.loss))
+    if backend in ("no_autograd", "fused_step"):
+        optimizer = SGD(model.parameters(), lr=lr)
+        return Network(model, lambda x, t: model.loss(x, t, row.loss)[0], optimizer,
+                       loss_and_grads=lambda x, t: model.loss_and_grads(x, t, row.loss),
+                       update=sgd_update(optimizer, list(model.parameters())) if backend == "fused_step" else None)
     loss_fn = F.mse_loss if row.loss == "mse" else F.cross_entropy
     return Network(model, lambda x, t: loss_fn(model(x), t), SGD(model.parameters(), lr=lr))
 
@@ -206,6 +231,11 @@ def bf16_autocast(device: torch.device, enabled: bool):
 
 def training_step(net: Network, x: torch.Tensor, target: torch.Tensor, autocast: bool = False) -> torch.Tensor:
     """zero_grad, forward, loss, backward, update: one step of SGD."""
+    if net.update is not None:  # no autograd, and the update takes the gradients directly
+        with torch.no_grad():  # the training loop enters it once per chunk
+            loss, grads = net.loss_and_grads(x, target)
+            net.update(grads)
+        return loss
     if net.loss_and_grads is not None:  # no autograd: the gradients are computed, then handed to the optimizer
         loss, grads = net.loss_and_grads(x, target)
         for p, grad in zip(net.model.parameters(), grads, strict=True):
@@ -359,12 +389,12 @@ def step_time_rows(device: torch.device, autocast: bool, args) -> list[dict]:
     for row in ROWS if not args.only else [r for r in ROWS if r.batch in args.only]:
         torch.manual_seed(0)
         state_dict = torch.nn.Sequential(*sequential(row.sizes, row.activation, row.output_activation)).state_dict()
-        backends = [b for b in BACKENDS if not (autocast and b == "no_autograd")]  # it has no autocast handling
+        backends = [b for b in BACKENDS if not (autocast and b in ("no_autograd", "fused_step"))]  # fp32 only
         nets = {backend: build(row, backend, state_dict, device) for backend in backends}
         x, target = make_batch(row, device)
         results += bench_row(row.name, row.batch, nets, x, target, device, autocast, args)
 
-    nets = lenet_networks(device)
+    nets = lenet_networks(device) if not args.only or 128 in args.only else "not among --only's batch sizes"
     if isinstance(nets, str):
         print(f"note: LeNet-5 row skipped: {nets}", file=sys.stderr)
     else:
@@ -375,20 +405,153 @@ def step_time_rows(device: torch.device, autocast: bool, args) -> list[dict]:
     return results
 
 
-# --------------------------------------------------------------------------- row group 3 (to be wired)
+# --------------------------------------------------------------------------- row group 3: end to end
+
+NIELSEN_CONFIG = REPO / "configs" / "nielsen_ch1.yaml"
+E2E_BATCHES = {10: None, 1: 5000}  # batch -> training examples an epoch (None: the config's split, 50,000)
+E2E_CONTENDERS = {  # name -> what it is, for the table
+    "lightning": "Lightning: scripts/train.py --config configs/nielsen_ch1.yaml (fused step)",
+    "plain_torch": "plain PyTorch loop: torch.nn twin, torch mse_loss, torch.optim.SGD",
+    "bare_epoch": "lit_module.bare_epoch, fused step (Lightning's path without Lightning)",
+    "bare_epoch_per_layer": "lit_module.bare_epoch(fused=False): per-layer Functions + autograd engine",
+}
+
+
+class EpochTimer(L.Callback):
+    """Seconds of each training epoch, by ``clock``. Put first in the callback list, it times from before every
+    other callback's on_train_epoch_start to before their on_train_epoch_end (the checkpoint is saved after)."""
+
+    def __init__(self, clock: str):
+        self.now, self.seconds = CLOCKS[clock], []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = self.now()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(self.now() - self.start)
+
+
+def train_script():
+    """scripts/train.py as a module: the Lightning contender is built by it, exactly as a user's run is."""
+    spec = importlib.util.spec_from_file_location("handgrad_train_script", Path(__file__).with_name("train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lightning_epochs(train, batch: int, val_size: int, epochs: int, data_root: str, clock: str):
+    """``epochs`` epochs of nielsen_ch1 as ``scripts/train.py --config configs/nielsen_ch1.yaml`` runs them (TensorBoard
+    logging, histograms and the config's callbacks on), with validation off and the run written to a temporary
+    folder. Returns (the trained Classifier, seconds of each epoch)."""
+    with tempfile.TemporaryDirectory() as log_dir, contextlib.redirect_stdout(sys.stderr):  # its epoch lines
+        cli = train.build(["--config", str(NIELSEN_CONFIG), "--data.root", data_root, "--data.download", "false",
+                           "--data.batch_size", str(batch), "--data.val_size", str(val_size),
+                           "--trainer.max_epochs", str(epochs), "--trainer.limit_val_batches", "0",
+                           "--checkpoint.monitor", "null", "--trainer.enable_model_summary", "false",
+                           "--trainer.logger.init_args.save_dir", log_dir])
+        timer = EpochTimer(clock)
+        cli.trainer.callbacks.insert(0, timer)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli.model, timer.seconds
+
+
+def plain_torch_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                      batch: int, order: torch.Tensor) -> None:
+    """The issue's reference: the plain PyTorch loop over the same tensors in the same order."""
+    x, targets = x[order], torch_F.one_hot(y[order], 10).float()
+    for start in range(0, len(targets), batch):
+        loss = torch_F.mse_loss(net(x[start:start + batch]), targets[start:start + batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def end_to_end_rows(args) -> list[dict]:
-    """Row group 3: one epoch of nielsen_ch1 through the Lightning pipeline vs a bare PyTorch loop.
+    """Row group 3: epochs of nielsen_ch1 through the Lightning pipeline against bare loops, at batch 10 and 1.
 
-    TODO(lead): NOT IMPLEMENTED. Wire it once handgrad.data, handgrad.lit_module and
-    scripts/train.py are in: time one epoch (after a warm-up epoch) of (a) lightning.Trainer.fit
-    on the nielsen_ch1 config, (b) a bare loop over the same DataLoader with the same model and
-    SGD, (c) (b) with the autograd twin; report us per training example (target: <= 25 us for
-    (a) at batch 10) and return one dict per contender like ``bench_row`` does.
+    Each repeat runs every contender for ``--e2e-epochs`` epochs (the first a warm-up, untimed), from the
+    config's initial weights, over the same training split in the same per-epoch order (the DataModule's);
+    the contenders take turns, the order rotating. Reported: median us per example, and the median over
+    repeats of the paired ratio Lightning / contender.
     """
-    print("note: row group 3 (end to end, Lightning vs bare loop) is not implemented yet", file=sys.stderr)
-    return []
+    config = yaml.safe_load(NIELSEN_CONFIG.read_text())
+    data_args = {**config["data"], "root": args.data_root, "download": False}
+    try:
+        n_total = len(DataModule(**{**data_args, "val_size": 0}).load(train=True)[1])
+    except Exception as error:  # no MNIST files there
+        print(f"note: row group 3 skipped: MNIST not readable under --data-root {args.data_root} ({error})",
+              file=sys.stderr)
+        return []
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.get("threads") or threads_before)  # as train.py sets it from the config
+    train, model, net_args = train_script(), config["model"], config["model"]["net"]["init_args"]
+    results = []
+    for batch, examples in E2E_BATCHES.items():
+        n_train = args.e2e_examples or examples or n_total - config["data"]["val_size"]
+        data = DataModule(**{**data_args, "batch_size": batch, "val_size": n_total - n_train})
+        data.setup("fit")
+        x, y = data.splits["train"]
+        sampler = data.train_dataloader().sampler
+
+        def orders():
+            for epoch in range(args.e2e_epochs):
+                sampler.set_epoch(epoch)
+                yield sampler.permutation()  # the order Lightning's sampler draws for this epoch
+
+        def fresh(backend: str) -> MLP:
+            torch.manual_seed(config["seed_everything"])  # the initial weights of train.py's run
+            return MLP(**net_args, backend=backend)
+
+        trained = {}  # contender -> its network after its latest run
+
+        def run_lightning():
+            classifier, seconds = lightning_epochs(train, batch, data.val_size, args.e2e_epochs, args.data_root,
+                                                   args.clock)
+            trained["lightning"] = classifier.net
+            return seconds
+
+        def run_loop(name: str, backend: str, epoch_fn):
+            net = fresh(backend)
+            optimizer = (torch.optim.SGD if backend == "autograd" else SGD)(
+                net.parameters(), lr=model["lr"], momentum=model["momentum"], weight_decay=model["weight_decay"])
+            seconds, now = [], CLOCKS[args.clock]
+            for order in orders():
+                start = now()
+                epoch_fn(net, optimizer, order)
+                seconds.append(now() - start)
+            trained[name] = net
+            return seconds
+
+        contenders = {
+            "lightning": run_lightning,
+            "plain_torch": lambda: run_loop("plain_torch", "autograd", lambda net, opt, order: plain_torch_epoch(
+                net, opt, x, y, batch, order)),
+            "bare_epoch": lambda: run_loop("bare_epoch", "hand", lambda net, opt, order: bare_epoch(
+                net, opt, x, y, batch, model["loss"], order, fused=True)),
+            "bare_epoch_per_layer": lambda: run_loop("bare_epoch_per_layer", "hand", lambda net, opt, order: bare_epoch(
+                net, opt, x, y, batch, model["loss"], order, fused=False)),
+        }
+        per_example = {name: [] for name in contenders}  # seconds per example, one value per repeat
+        names = list(contenders)
+        for r in range(args.e2e_repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+                seconds = contenders[name]()[1:]  # the first epoch warms up
+                per_example[name].append(statistics.mean(seconds) / n_train)
+            print(f"  end to end b{batch}, repeat {r + 1}/{args.e2e_repeats}: " + ", ".join(
+                f"{name} {ts[-1] * 1e6:.1f}" for name, ts in per_example.items()) + " us/example", file=sys.stderr)
+
+        same = all(torch.equal(p, q) for p, q in zip(trained["lightning"].parameters(),  # after the same epochs
+                                                      trained["bare_epoch"].parameters(), strict=True))
+        for name, ts in per_example.items():
+            results.append(dict(
+                network="nielsen_ch1 784-30-10 sigmoid, mse", batch=batch, examples=n_train, contender=name,
+                what=E2E_CONTENDERS[name], us_per_example=statistics.median(ts) * 1e6,
+                lightning_vs_this=statistics.median(a / b for a, b in zip(per_example["lightning"], ts)),
+                repeats_us_per_example=[t * 1e6 for t in ts], timed_epochs=args.e2e_epochs - 1,
+                threads=torch.get_num_threads(), clock=args.clock,
+                **({"same_weights_as_bare_epoch": same} if name == "lightning" else {})))
+    torch.set_num_threads(threads_before)
+    return results
 
 
 # --------------------------------------------------------------------------- where a small step goes
@@ -402,7 +565,7 @@ def breakdown(args) -> list[dict]:
     state_dict = torch.nn.Sequential(*sequential(row.sizes, row.activation, row.output_activation)).state_dict()
     x, target = make_batch(row, torch.device("cpu"))
     nets = {backend: build(row, backend, state_dict, torch.device("cpu"))
-            for backend in ("autograd", "fused_mlp_loss", "no_autograd")}
+            for backend in ("autograd", "fused_mlp_loss", "no_autograd", "fused_step")}
     for net in nets.values():
         training_step(net, x, target)  # every .grad exists
 
@@ -443,7 +606,96 @@ def breakdown(args) -> list[dict]:
                                          "wall").items():  # wall: CPU time would count threads spinning
             results.append(dict(part=f"{name} full step", threads=threads, step_us=statistics.median(ts) * 1e6))
     torch.set_num_threads(threads_now)
+    return results + fused_path_parts(args) + logging_costs(args)
+
+
+def fused_path_parts(args) -> list[dict]:
+    """What one step of Classifier's fused path spends, nielsen_ch1 at batch 10 and 1: the whole step as
+    training runs it (lit_module.fused_steps over a chunk), and its pieces."""
+    from handgrad.functional.fused import _check_mlp_loss_args
+
+    torch.manual_seed(0)
+    net = MLP([784, 30, 10], "sigmoid", "sigmoid", init="nielsen_scaled")
+    weights, biases = [layer.weight for layer in net.layers], [layer.bias for layer in net.layers]
+    params = [p for w, b in zip(weights, biases) for p in (w, b)]
+    optimizer = SGD(params, lr=0.01)
+    update = sgd_update(optimizer, params)
+    results = []
+    for batch in (10, 1):
+        steps = 100  # a chunk of 100 mini-batches; every part below is timed per mini-batch
+        x = torch.rand(steps * batch, 784)
+        targets = torch_F.one_hot(torch.randint(10, (steps * batch,)), 10).float()
+        xs, ts = x.split(batch), targets.split(batch)
+        _, _, grads = mlp_loss_and_grads(xs[0], ts[0], weights, biases, "sigmoid", "sigmoid", "mse")
+
+        def each(fn):
+            def run():
+                for x_b, t_b in zip(xs, ts):
+                    fn(x_b, t_b)
+            return run
+
+        def set_grads_and_step(x_b, t_b):
+            for p, g in zip(params, grads):
+                p.grad = g
+            optimizer.step()
+
+        def foreach_update(x_b, t_b):
+            with torch.no_grad():
+                update(grads)
+
+        parts = {
+            "fused path: a whole step (lit_module.fused_steps)": lambda: fused_steps(
+                net, "mse", optimizer, x, targets, batch),
+            "  F.mlp_loss_and_grads": each(lambda x_b, t_b: mlp_loss_and_grads(
+                x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse")),
+            "    its argument checks": each(lambda x_b, t_b: _check_mlp_loss_args(
+                "mlp_loss_and_grads", x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse", "mean", 0.01)),
+            "    torch.no_grad() entered and left": each(lambda x_b, t_b: no_grad_once()),
+            "  SGD update in foreach ops (lit_module.sgd_update), with no_grad": each(foreach_update),
+            "  instead: set .grad and handgrad.optim.SGD.step()": each(set_grads_and_step),
+            "  cutting the chunk: split and zip": lambda: list(zip(x.split(batch), targets.split(batch))),
+        }
+        for name, ts_ in time_interleaved(parts, args.repeats, args.chunk_ms / 1e3, torch.device("cpu"),
+                                          args.clock).items():
+            results.append(dict(part=f"{name}, batch {batch}", threads=torch.get_num_threads(),
+                                step_us=statistics.median(ts_) * 1e6 / steps))
     return results
+
+
+def no_grad_once() -> None:
+    with torch.no_grad():
+        pass
+
+
+def logging_costs(args) -> list[dict]:
+    """Milliseconds of each logging event of a nielsen_ch1 run (configs/nielsen_ch1.yaml, built by
+    scripts/train.py): the Classifier's histograms and the config's GradientCheck and GradientFlow.
+    Each happens once per ``every_n_steps`` (1000) optimiser steps. Needs MNIST under --data-root."""
+    from handgrad.callbacks import GradientCheck, GradientFlow
+    from handgrad.data import Chunk
+
+    try:
+        n_total = len(DataModule("mnist", root=args.data_root, download=False, val_size=0).load(train=True)[1])
+    except Exception:
+        return []
+    with tempfile.TemporaryDirectory() as log_dir, contextlib.redirect_stdout(sys.stderr):
+        cli = train_script().build([
+            "--config", str(NIELSEN_CONFIG), "--data.root", args.data_root, "--data.download", "false",
+            "--data.val_size", str(n_total - 5000), "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0",
+            "--checkpoint.monitor", "null", "--trainer.enable_model_summary", "false",
+            "--trainer.logger.init_args.save_dir", log_dir])
+        trainer, model = cli.trainer, cli.model
+        trainer.fit(model, datamodule=cli.datamodule)  # one epoch of 500 steps: weights, .grad, callbacks set up
+        x, y = cli.datamodule.splits["train"]
+        chunk = Chunk(x, y, 10)
+        check = next(c for c in trainer.callbacks if isinstance(c, GradientCheck))
+        flow = next(c for c in trainer.callbacks if isinstance(c, GradientFlow))
+        events = {"Classifier._log_histograms (8 histograms)": model._log_histograms,
+                  "GradientCheck.check": lambda: check.check(trainer, model, chunk, 500),
+                  "GradientFlow.check (norms, 2 histograms a layer)": lambda: flow.check(trainer, model, chunk, 500)}
+        times = time_interleaved(events, max(3, args.repeats // 3), 0.0, torch.device("cpu"), args.clock)
+    return [dict(part=f"logging event: {name}", threads=torch.get_num_threads(), step_us=statistics.median(ts) * 1e6)
+            for name, ts in times.items()]
 
 
 def calling_cost_probes() -> tuple[type[torch.autograd.Function], type[torch.autograd.Function]]:
@@ -489,7 +741,16 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def end_to_end_markdown(rows: list[dict]) -> str:
+    lines = ["| batch | examples an epoch | contender | us / example | Lightning / this |",
+             "|---:|---:|---|---:|---:|"]
+    for r in rows:
+        ratio = "" if r["contender"] == "lightning" else f"{r['lightning_vs_this']:.2f}"
+        lines.append(f"| {r['batch']} | {r['examples']:,} | {r['what']} | {r['us_per_example']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=31, help="timed repeats per contender (median reported)")
     parser.add_argument("--chunk-ms", type=float, default=40.0, help="target duration of one timed chunk of steps")
@@ -503,29 +764,45 @@ def main() -> int:
     parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="wall time, or this process's CPU time (robust on a shared machine with --threads 1)")
     parser.add_argument("--name", help="JSON file name under logs/benchmarks/ (default: a timestamp)")
-    args = parser.parse_args()
+    parser.add_argument("--out-dir", type=Path, default=LOG_DIR, help="where the JSON goes (default: logs/benchmarks)")
+    parser.add_argument("--groups", nargs="*", choices=("steps", "end_to_end"), default=["steps", "end_to_end"],
+                        help="steps: row groups 1, 2 (and 4 on CUDA); end_to_end: row group 3 (needs MNIST)")
+    parser.add_argument("--data-root", default="data",
+                        help="row group 3: the folder holding MNIST/raw/ (on the dev machine: ../shared/data)")
+    parser.add_argument("--e2e-repeats", type=int, default=5, help="row group 3: repeats (median reported)")
+    parser.add_argument("--e2e-epochs", type=int, default=2, help="row group 3: epochs a run, the first untimed")
+    parser.add_argument("--e2e-examples", type=int,
+                        help="row group 3: training examples an epoch at both batch sizes (default: 50,000 at "
+                             "batch 10, the config's split; 5,000 at batch 1)")
+    args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.chunk_ms = 7, 10.0
+        args.e2e_repeats = min(args.e2e_repeats, 2)
+    if args.e2e_epochs < 2:
+        parser.error("--e2e-epochs must be >= 2: the first epoch of a run is a warm-up")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    results = step_time_rows(device, autocast=False, args=args)
-    if device.type == "cuda" or args.bf16:
+    results = step_time_rows(device, autocast=False, args=args) if "steps" in args.groups else []
+    if "steps" in args.groups and (device.type == "cuda" or args.bf16):
         results += step_time_rows(device, autocast=True, args=args)
-    end_to_end = end_to_end_rows(args)
+    end_to_end = end_to_end_rows(args) if "end_to_end" in args.groups and device.type == "cpu" else []
     parts = breakdown(args) if args.breakdown else []
 
-    print(markdown(results))
+    if results:
+        print(markdown(results))
+    if end_to_end:
+        print("\n" + end_to_end_markdown(end_to_end))
     for part in parts:
         print(f"- {part['part']} ({part['threads']} threads): {part['step_us']:.1f} us")
 
     meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
                 cpu_count=os.cpu_count(), threads=torch.get_num_threads(), device=str(device),
                 cuda=torch.cuda.get_device_name() if device.type == "cuda" else None,
-                time=datetime.now().isoformat(timespec="seconds"), args=vars(args))
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    path = LOG_DIR / f"{args.name or datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+                time=datetime.now().isoformat(timespec="seconds"), args={**vars(args), "out_dir": str(args.out_dir)})
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    path = args.out_dir / f"{args.name or datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(dict(meta=meta, step_rows=results, end_to_end_rows=end_to_end, breakdown=parts),
                                indent=1))
     print(f"\nsaved {path}", file=sys.stderr)

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from handgrad.callbacks import GradientCheck, GradientFlow, GradientMismatchWarning, MisclassifiedExamples, as_images
 from handgrad.data import DataModule
+from handgrad.functional import fused as fused_ops
 from handgrad.functional.activations import Sigmoid
 from handgrad.lit_module import Classifier
 from handgrad.models import MLP
@@ -111,13 +112,23 @@ def test_training_state_is_untouched():
 # --------------------------------------------------------------------------- a wrong backward is caught
 
 
-def test_a_broken_backward_is_named_and_logged(monkeypatch):
-    correct = Sigmoid.backward
-    monkeypatch.setattr(Sigmoid, "backward", staticmethod(lambda ctx, grad_y: 2 * correct(ctx, grad_y)))  # 2x sigma'
+@pytest.mark.parametrize("fused", [False, True], ids=["per-layer Functions", "fused step"])
+def test_a_broken_backward_is_named_and_logged(monkeypatch, fused):
+    # Each path has its own sigmoid derivative; the check must catch a wrong one in the path training takes.
+    if fused:  # the fused step's (handgrad.functional.fused), doubled
+        correct = fused_ops.activation_backward
+
+        def doubled(grad, a, f, negative_slope):
+            return (2 if f == "sigmoid" else 1) * correct(grad, a, f, negative_slope)
+        monkeypatch.setattr(fused_ops, "activation_backward", doubled)
+    else:  # the Sigmoid Function's, doubled
+        correct = Sigmoid.backward
+        monkeypatch.setattr(Sigmoid, "backward", staticmethod(lambda ctx, grad_y: 2 * correct(ctx, grad_y)))
     logger = RecordingLogger()
     check = GradientCheck(every_n_steps=10, threshold=1e-6)
     with pytest.warns(GradientMismatchWarning, match=r"step \d+: .* in layers\.0 1\.0e\+00\. A backward") as record:
-        fit([check], net(activation="sigmoid"), spirals(), logger)
+        trainer = fit([check], net(activation="sigmoid"), spirals(), logger, fused=fused)
+    assert trainer.lightning_module.fused_step is fused
     mismatches = [str(w.message).split(":")[0] for w in record if w.category is GradientMismatchWarning]
     assert mismatches == ["GradientCheck at step 4", "GradientCheck at step 13"]
 

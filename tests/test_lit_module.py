@@ -7,9 +7,10 @@ import math
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 from handgrad.data import ConfigError, DataModule
-from handgrad.lit_module import Classifier, bare_epoch
+from handgrad.lit_module import Classifier, bare_epoch, fused_step_blocker, sgd_update
 from handgrad.models import MLP
 from handgrad.optim import SGD
 
@@ -36,33 +37,37 @@ def net(seed: int = 0, **kwargs) -> MLP:
 
 @pytest.mark.parametrize("loss, net_kwargs", [("cross_entropy", {}), ("mse", dict(output_activation="sigmoid"))])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_an_epoch_walks_the_same_path_as_the_bare_loop(loss, net_kwargs, momentum):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+def test_an_epoch_walks_the_same_path_as_the_bare_loop(loss, net_kwargs, momentum, fused):
     data = spirals(batch_size=8, chunk_size=40, seed=5)  # 3 chunks of 5 steps
-    model = Classifier(net(**net_kwargs), loss=loss, lr=0.3, momentum=momentum)
+    model = Classifier(net(**net_kwargs), loss=loss, lr=0.3, momentum=momentum, fused=fused)
     trainer(limit_val_batches=0).fit(model, data)
+    assert model.fused_step is fused
 
     reference = net(**net_kwargs)
     x, y = data.splits["train"]
     order = data.train_dataloader().sampler.permutation()  # epoch 0's order, as Lightning drew it
-    bare_epoch(reference, SGD(reference.parameters(), lr=0.3, momentum=momentum), x, y, 8, loss, order)
+    bare_epoch(reference, SGD(reference.parameters(), lr=0.3, momentum=momentum), x, y, 8, loss, order, fused)
     for (name, p), q in zip(model.net.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("batch_size, steps", [(1, 103), (10, 11), ("full", 1)],
                          ids=["sgd", "mini-batch", "full-batch"])
-def test_global_step_counts_optimiser_steps_in_each_regime(batch_size, steps):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+def test_global_step_counts_optimiser_steps_in_each_regime(batch_size, steps, fused):
     data = spirals(batch_size=batch_size, chunk_size=25)
     fit = trainer(max_epochs=2, limit_val_batches=0)
-    fit.fit(Classifier(net(), lr=0.1), data)
+    fit.fit(Classifier(net(), lr=0.1, fused=fused), data)
     assert steps == data.steps_per_epoch == math.ceil(103 / data.batch_size)
     assert fit.global_step == 2 * steps
     assert fit.num_training_batches == math.ceil(103 / (data.batch_size * max(1, 25 // data.batch_size)))
 
 
-def test_max_steps_stops_inside_a_chunk():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+def test_max_steps_stops_inside_a_chunk(fused):
     fit = trainer(max_epochs=5, max_steps=7, limit_val_batches=0)
-    fit.fit(Classifier(net(), lr=0.1), spirals(batch_size=2, chunk_size=50))
+    fit.fit(Classifier(net(), lr=0.1, fused=fused), spirals(batch_size=2, chunk_size=50))
     assert fit.global_step == 7
 
 
@@ -76,14 +81,165 @@ def test_learns_spirals_and_reports_test_accuracy():
     assert results["test/acc"] > 0.7
 
 
-def test_histograms_only_when_a_multiple_of_n_steps_is_crossed(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+def test_histograms_only_when_a_multiple_of_n_steps_is_crossed(monkeypatch, fused):
     logged_at = []
     monkeypatch.setattr(Classifier, "_log_histograms", lambda self: logged_at.append(self.global_step))
     fit = trainer(max_epochs=3, limit_val_batches=0)
-    fit.fit(Classifier(net(), lr=0.1, histogram_every_n_steps=20), spirals(batch_size=2, chunk_size=30))
+    fit.fit(Classifier(net(), lr=0.1, histogram_every_n_steps=20, fused=fused), spirals(batch_size=2, chunk_size=30))
     # 52 steps an epoch in 4 chunks of 13 steps (at most 15): chunks end at steps 13, 26, 39, 52,
     # 65, 78, 91, 104, 117, 130, 143, 156; those that passed a multiple of 20 log histograms.
     assert logged_at == [26, 52, 65, 91, 104, 130, 143]
+
+
+# --------------------------------------------------------------------------- the two paths: fused and autograd
+
+
+class RecordingLogger(Logger):
+    """Keeps every log_metrics call as (step, {tag: value}) and every histogram as (tag, step, values)."""
+
+    name, version = "recording", 0
+
+    def __init__(self):
+        super().__init__()
+        self.logged: list[tuple[int, dict[str, float]]] = []
+        self.histograms: list[tuple[str, int, torch.Tensor]] = []
+
+    @property
+    def experiment(self):
+        return self  # the Classifier writes histograms to logger.experiment.add_histogram
+
+    def add_histogram(self, tag, values, step) -> None:
+        self.histograms.append((tag, step, values.detach().clone()))
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def fit_both_ways(loss: str, net_kwargs: dict, momentum: float, weight_decay: float, epochs: int = 2,
+                  **data_kwargs) -> dict[str, tuple[Classifier, RecordingLogger]]:
+    """The same network and data trained by the fused path, the autograd path and the torch.nn twin."""
+    runs = {}
+    for name, backend, fused in (("fused", "hand", True), ("autograd", "hand", False), ("twin", "autograd", "auto")):
+        model = Classifier(net(backend=backend, **net_kwargs), loss=loss, lr=0.3, momentum=momentum,
+                           weight_decay=weight_decay, histogram_every_n_steps=10, fused=fused)
+        logger = RecordingLogger()
+        trainer(max_epochs=epochs, limit_val_batches=0, logger=logger, log_every_n_steps=1).fit(
+            model, spirals(**{"batch_size": 8, "chunk_size": 40, "seed": 5, **data_kwargs}))
+        runs[name] = model, logger
+    return runs
+
+
+@pytest.mark.parametrize("loss, net_kwargs", [
+    ("cross_entropy", {}),
+    ("cross_entropy", dict(sizes=[2, 16, 16, 3], activation="tanh")),
+    ("mse", dict(activation="sigmoid", output_activation="sigmoid")),  # nielsen_ch1's kind of network
+])
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 1e-3)])
+def test_the_fused_path_trains_like_the_autograd_path_and_the_torch_twin(loss, net_kwargs, momentum, weight_decay):
+    runs = fit_both_ways(loss, net_kwargs, momentum, weight_decay)  # 2 epochs of 13 steps
+    (fused, _), (layered, _), (twin, _) = runs.values()
+    assert (fused.fused_step, layered.fused_step, twin.fused_step) == (True, False, False)
+    assert fused.trainer.global_step == layered.trainer.global_step == twin.trainer.global_step == 26
+    for (name, p), q, r in zip(fused.net.named_parameters(), layered.net.parameters(), twin.net.parameters()):
+        torch.testing.assert_close(p, q, msg=lambda m, name=name: f"{name}, fused vs autograd path: {m}")
+        torch.testing.assert_close(p, r, msg=lambda m, name=name: f"{name}, fused vs torch.nn twin: {m}")
+        # p.grad: the last mini-batch's gradient on both paths (histograms and GradientFlow read it)
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m, name=name: f"{name}.grad: {m}")
+
+
+def test_the_fused_path_logs_what_the_autograd_path_logs():
+    runs = fit_both_ways("mse", dict(output_activation="sigmoid"), 0.0, 0.0)
+    (_, fused), (_, layered), _ = runs.values()
+    assert [(step, sorted(m)) for step, m in fused.logged] == [(step, sorted(m)) for step, m in layered.logged]
+    for (step, ours), (_, theirs) in zip(fused.logged, layered.logged):
+        for tag, value in ours.items():
+            assert value == pytest.approx(theirs[tag], rel=1e-5, abs=1e-6), f"{tag} at step {step}"
+    assert [(tag, step) for tag, step, _ in fused.histograms] == [(tag, step) for tag, step, _ in layered.histograms]
+    assert {tag for tag, _, _ in fused.histograms} == {f"{kind}/layers.{i}.{p}" for kind in ("weights", "grads")
+                                                       for i in (0, 1) for p in ("weight", "bias")}
+    for (tag, step, ours), (_, _, theirs) in zip(fused.histograms, layered.histograms):
+        torch.testing.assert_close(ours, theirs, msg=lambda m, tag=tag, step=step: f"{tag} at {step}: {m}")
+
+
+def test_the_path_is_logged_once_per_fit(caplog):
+    with caplog.at_level("INFO"):
+        trainer(max_epochs=2, limit_val_batches=0).fit(Classifier(net(), lr=0.1), spirals(batch_size=8))
+        trainer(max_epochs=1, limit_val_batches=0).fit(Classifier(net(backend="autograd"), lr=0.1),
+                                                       spirals(batch_size=8))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training step:")]
+    assert said == ["Training step: fused (handgrad.functional.mlp_loss_and_grads, no autograd engine) and a "
+                    "foreach SGD update",
+                    "Training step: per-layer Functions, autograd engine, optimizer.step() (its backend is "
+                    "'autograd')"]
+
+
+@pytest.mark.parametrize("network, reason", [
+    (lambda: net(backend="autograd"), "its backend is 'autograd'"),
+    (lambda: net(dropout=0.5), "it uses dropout=0.5"),
+    (lambda: net(batch_norm=True), "it uses batch_norm=True"),
+    (lambda: torch.nn.Sequential(torch.nn.Linear(2, 3)), "Sequential is not a handgrad.models.MLP"),
+])
+def test_the_fused_step_applies_to_plain_hand_written_mlps_only(network, reason):
+    for activation in ("sigmoid", "tanh", "relu", "leaky_relu", "softmax"):
+        assert fused_step_blocker(net(activation=activation)) is None
+    assert fused_step_blocker(net(dropout=0.0, batch_norm=False)) is None  # options that are off
+    assert fused_step_blocker(network()) == reason
+    assert Classifier(network()).fused_blocker == reason  # "auto": the autograd path
+    with pytest.raises(ConfigError, match="model.fused=true, but " + reason):
+        Classifier(network(), fused=True)
+
+
+def test_under_autocast_auto_takes_the_autograd_path_and_true_refuses():
+    data = spirals(batch_size=8)
+    model = Classifier(net(), lr=0.1)
+    trainer(limit_val_batches=0, precision="bf16-mixed").fit(model, data)
+    assert model.fused_step is False
+    with pytest.raises(ConfigError, match=r"model\.fused=true, but precision='bf16-mixed' runs under autocast"):
+        trainer(limit_val_batches=0, precision="bf16-mixed").fit(Classifier(net(), lr=0.1, fused=True), data)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(), dict(momentum=0.9), dict(momentum=0.9, dampening=0.3), dict(momentum=0.9, nesterov=True),
+    dict(weight_decay=0.01), dict(momentum=0.8, weight_decay=0.01, nesterov=True),
+], ids=str)
+@pytest.mark.parametrize("groups", ["one", "two, reversed"])
+def test_the_foreach_update_is_sgd_step_bit_for_bit(settings, groups):
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3), torch.randn(4), torch.randn(2, 4), torch.randn(2)]
+    by_step = [torch.nn.Parameter(w.clone()) for w in weights]
+    foreach = [torch.nn.Parameter(w.clone()) for w in weights]
+
+    def optimizer(params):
+        if groups == "one":
+            return SGD(params, lr=0.1, **settings)
+        return SGD([{"params": params[2:][::-1], "lr": 0.05}, {"params": params[:2]}], lr=0.1, **settings)
+
+    reference, ours = optimizer(by_step), optimizer(foreach)
+    update = sgd_update(ours, foreach)
+    for _ in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for p, g in zip(by_step, grads):
+            p.grad = g
+        reference.step()
+        with torch.no_grad():
+            update(grads)
+    for p, q in zip(by_step, foreach):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+    assert reference.state_dict()["state"].keys() == ours.state_dict()["state"].keys()
+
+
+def test_another_optimizer_gets_its_gradients_through_grad():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3))]
+    adam = torch.optim.Adam(params, lr=0.1)
+    before = params[0].detach().clone()
+    with torch.no_grad():
+        sgd_update(adam, params)([torch.ones(3)])
+    assert torch.equal(params[0].grad, torch.ones(3)) and not torch.equal(params[0], before)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -95,6 +251,7 @@ def test_histograms_only_when_a_multiple_of_n_steps_is_crossed(monkeypatch):
     (dict(lr=-0.1), r"model\.lr=-0\.1 must be > 0"),
     (dict(momentum=1.0), r"model\.momentum=1\.0 must be in \[0, 1\)"),
     (dict(weight_decay=-1.0), r"model\.weight_decay=-1\.0 must be >= 0"),
+    (dict(fused="yes"), r"model\.fused='yes' must be true, false or 'auto'"),
 ])
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -40,7 +40,7 @@ import torch
 from matplotlib.figure import Figure
 
 from handgrad.data import Chunk
-from handgrad.lit_module import loss_function, targets_for
+from handgrad.lit_module import fused_gradients, loss_function, targets_for
 
 
 class GradientMismatchWarning(UserWarning):
@@ -112,7 +112,10 @@ class GradientCheck(EveryNSteps):
     On a copy of ``pl_module.net`` (hand-written backward) and on ``net.twin()`` (the same
     network in torch.nn, autograd's backward), both loaded with the current weights and run
     on the chunk's last mini-batch from the same random state, so training's parameters,
-    gradients and random stream are untouched. Per layer it logs
+    gradients and random stream are untouched. The copy's gradients come from the code that
+    computed training's: the fused step (handgrad.lit_module.fused_gradients) when the chunk
+    took it (``pl_module.fused_step``), else the per-layer Functions and autograd's engine.
+    Per layer it logs
 
         gradcheck/<layer> = max over the layer's parameters of max|g_hand - g_autograd| / max|g_autograd|
 
@@ -154,7 +157,10 @@ class GradientCheck(EveryNSteps):
         x, y = last_minibatch(batch, steps)
         x, y = x[:self.max_examples].to(next(hand.parameters()).dtype), y[:self.max_examples]
         target = targets_for(pl_module.loss, y, pl_module.num_classes, x.dtype)
-        grads_hand = gradients(hand, loss_function(pl_module.loss, "hand"), x, target)
+        if getattr(pl_module, "fused_step", False):  # training stepped by F.mlp_loss_and_grads: check that
+            grads_hand = fused_gradients(hand, pl_module.loss, x, target)
+        else:
+            grads_hand = gradients(hand, loss_function(pl_module.loss, "hand"), x, target)
         grads_twin = gradients(twin, loss_function(pl_module.loss, "autograd"), x, target)
 
         errors: dict[str, float] = {}
@@ -262,7 +268,9 @@ class GradientFlow(EveryNSteps):
                         g, w, step = g[some], w[some], step[some]
                     ratio = (step.abs() / w.abs()).log10()
                     writer.add_histogram(f"grad/{layer}/values", g, trainer.global_step)
-                    writer.add_histogram(f"update_ratio/{layer}/log10", ratio[ratio.isfinite()], trainer.global_step)
+                    ratio = ratio[ratio.isfinite()]  # a zero gradient (dead units) or weight has no log10
+                    if len(ratio):  # TensorBoard refuses an empty histogram
+                        writer.add_histogram(f"update_ratio/{layer}/log10", ratio, trainer.global_step)
         log_scalars(trainer, {tag: float(value) for tag, value in metrics.items()})
 
 

@@ -15,6 +15,11 @@ ceil(n_train / batch_size) optimiser steps:
     batch_size=10      mini-batch gradient descent
     batch_size="full"  full-batch gradient descent: one step per epoch over the whole split
 
+On several processes (Lightning's DDP) every rank gets every training chunk and trains on its
+slice of each mini-batch (see ChunkSampler), so batch_size stays the global batch. The training
+loader is resumable mid-epoch (ChunkLoader), and the IDX files are checked before torchvision
+reads them (check_idx_file): a damaged file is named with what is wrong and how to fix it.
+
 Reference: Nielsen, "Neural Networks and Deep Learning", ch. 1 (the 50k/10k split of
 MNIST's training set); CS231n, "Putting it together" (the spiral dataset).
 """
@@ -23,12 +28,14 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 import lightning as L
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 # Dataset name -> torchvision class (None: generated here, no files needed).
 DATASETS: dict[str, type[torchvision.datasets.MNIST] | None] = {
@@ -67,7 +74,7 @@ class ChunkedTensors(Dataset):
         return Chunk(self.x[index], self.y[index], self.batch_size)
 
 
-class ChunkSampler(Sampler):
+class ChunkSampler(DistributedSampler):
     """Yields one index per chunk: a slice of a fresh permutation each epoch, or a plain slice.
 
     The n examples make ceil(n / batch_size) mini-batches (the last may be short); they are
@@ -75,29 +82,73 @@ class ChunkSampler(Sampler):
     number of mini-batches and the chunks equal to within one mini-batch (so no chunk's logged
     loss rests on a handful of examples). ``set_epoch``, which Lightning calls at every epoch
     start as for DistributedSampler, picks the permutation: a run resumed at epoch k sees the
-    same order as one that never stopped.
+    same order as one that never stopped. ``resume_at`` skips the chunks a run trained before
+    it was stopped in the middle of an epoch (ChunkLoader.load_state_dict calls it).
+
+    Several processes (Lightning's DDP: ``num_replicas`` ranks, this one ``rank``):
+    ``shard=False`` (training) gives every rank every whole chunk, and Classifier trains each
+    rank on its own slice of each mini-batch, so a step still averages over ``batch_size``
+    examples in all; ``shard=True`` (evaluation) gives each rank its own slice of each chunk.
+    It is a DistributedSampler only so that Lightning keeps it: "if a distributed sampler was
+    already added, Lightning will not replace the existing one" (Trainer, use_distributed_sampler).
     """
 
-    def __init__(self, n: int, batch_size: int, chunk_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, n: int, batch_size: int, chunk_size: int, shuffle: bool, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, shard: bool = False):
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         steps = math.ceil(n / batch_size)
         chunks = math.ceil(steps / max(1, chunk_size // batch_size))
-        self.bounds = [min(n, (i * steps // chunks) * batch_size) for i in range(chunks + 1)] if n else [0]
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        bounds = [min(n, (i * steps // chunks) * batch_size) for i in range(chunks + 1)] if n else [0]
+        self.slices = list(zip(bounds[:-1], bounds[1:]))  # [start, end) of each chunk
+        if shard and num_replicas > 1:  # this rank's part of each chunk; ranks differ by at most one row
+            cut = [(start + rank * (end - start) // num_replicas, start + (rank + 1) * (end - start) // num_replicas)
+                   for start, end in self.slices]
+            self.slices = [(start, end) for start, end in cut if end > start]
+        self.n = n
+        self.resume: tuple[int, int] | None = None  # (epoch, chunks of it already trained)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, chunks_done: int) -> None:
+        """Start epoch ``epoch`` at its chunk ``chunks_done`` (the same permutation, the chunks before it skipped)."""
+        self.resume = (epoch, chunks_done)
 
     def permutation(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.n, generator=generator)
 
     def __len__(self) -> int:
-        return len(self.bounds) - 1
+        return len(self.slices)
 
     def __iter__(self):
+        skip = 0
+        if self.resume is not None and self.resume[0] == self.epoch:
+            skip, self.resume = self.resume[1], None
         order = self.permutation() if self.shuffle else None
-        for start, end in zip(self.bounds[:-1], self.bounds[1:]):
+        for start, end in self.slices[skip:]:
             yield order[start:end] if self.shuffle else slice(start, end)
+
+
+class ChunkLoader(DataLoader):
+    """The training DataLoader of chunks, resumable in the middle of an epoch.
+
+    Lightning saves a training loader's ``state_dict()`` in every checkpoint and, when a fit
+    resumes from one taken mid-epoch, hands it back to ``load_state_dict`` (its stateful-loader
+    interface). The state is the epoch and how many of its chunks were trained
+    (``chunks_done()``, read from the trainer's progress: the loader itself runs one chunk
+    ahead, as Lightning prefetches one).
+    """
+
+    def __init__(self, dataset: ChunkedTensors, sampler: ChunkSampler, chunks_done: Callable[[], int]):
+        super().__init__(dataset, sampler=sampler, batch_size=None, generator=torch.Generator())  # see _loader
+        self.chunks_done = chunks_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "chunks_done": self.chunks_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["chunks_done"])
 
 
 def spirals(n_per_class: int, classes: int = 3, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +169,41 @@ def expected_files(dataset: str, root: str) -> list[str]:
     cls = DATASETS[dataset]
     raw = os.path.join(root, cls.__name__, "raw")
     return [os.path.join(raw, os.path.splitext(filename)[0]) for filename, _ in cls.resources]
+
+
+def check_idx_file(path: str, kind: str, fix: str) -> int:
+    """Check that ``path`` is a whole IDX file of uint8 ``kind`` ("images" (N, 28, 28) or "labels" (N,)); return N.
+
+    torchvision's reader asserts without a message on a wrong header and fails in a reshape on
+    a truncated file. Layout: magic bytes 00 00 08 <ndim>, then ndim big-endian int32 sizes,
+    then prod(sizes) bytes. Anything else is a ConfigError naming the file, what is wrong, and ``fix``.
+    """
+    ndim = 3 if kind == "images" else 1
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} is missing; run with --data.download true, or put the original uncompressed "
+                          "file there")
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+        size = os.fstat(f.fileno()).st_size
+    if header[:2] == b"\x1f\x8b":
+        problem, fix = "is gzip-compressed, and torchvision reads it uncompressed", f"gunzip it, or {fix}"
+    elif header[:4] != bytes([0, 0, 0x08, ndim]):
+        found = header[:4].hex(" ") or "missing (empty file)"
+        problem = f"is not an IDX file of {kind}: its first bytes are {found}, expected 00 00 08 {ndim:02x}"
+    elif len(header) < 4 + 4 * ndim:
+        problem = f"is truncated: it ends inside its {4 + 4 * ndim}-byte header ({size} bytes)"
+    else:
+        shape = struct.unpack(f">{ndim}I", header[4:])
+        expected = 4 + 4 * ndim + math.prod(shape)
+        if kind == "images" and shape[1:] != (28, 28):
+            problem = f"holds {' x '.join(map(str, shape))} images, not 28 x 28"
+        elif size != expected:
+            problem = (f"is {'truncated' if size < expected else 'longer than its header says'}: its header "
+                       f"announces {' x '.join(map(str, shape))} bytes of {kind}, {expected:,} bytes in all, but "
+                       f"the file has {size:,}")
+        else:
+            return shape[0]
+    raise ConfigError(f"{path} {problem}; {fix}")
 
 
 def parse_batch_size(batch_size: int | str) -> int | str:
@@ -185,6 +271,8 @@ class DataModule(L.LightningDataModule):
         self.val_size, self.seed, self.chunk_size = val_size, seed, chunk_size
         self.eval_batch_size, self.data_on_device = eval_batch_size, data_on_device
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # With several processes each evaluates its slice of each chunk; a rank may get none of a tiny split.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     # ----------------------------------------------------------------------- loading
 
@@ -210,7 +298,19 @@ class DataModule(L.LightningDataModule):
         cls = DATASETS[self.dataset]
         if cls is None:
             return spirals(1000 if train else 500, seed=self.seed if train else self.seed + 1)
+        files = expected_files(self.dataset, self.root)  # train images, train labels, test images, test labels
+        images, labels = files[:2] if train else files[2:]
+        fix = ("delete it and run again with --data.download true (a fresh copy), or put the original uncompressed "
+               "file there")
+        n_images, n_labels = check_idx_file(images, "images", fix), check_idx_file(labels, "labels", fix)
+        if n_images != n_labels:
+            raise ConfigError(f"{images} holds {n_images} images but {labels} holds {n_labels} labels: they come from "
+                              "different sets; delete both and run again with --data.download true, or put the "
+                              "original uncompressed files there")
         data = cls(self.root, train=train, download=False)
+        if n_labels and not 0 <= int(data.targets.min()) <= int(data.targets.max()) < self.num_classes:
+            raise ConfigError(f"{labels} holds labels outside 0..{self.num_classes - 1} "
+                              f"({int(data.targets.min())}..{int(data.targets.max())}); {fix}")
         return data.data.unsqueeze(1).float().div_(255), data.targets.long()
 
     def setup(self, stage: str | None = None) -> None:
@@ -265,6 +365,19 @@ class DataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, chunk_size: int, shuffle: bool) -> DataLoader:
         x, y = self.splits[split]
-        sampler = ChunkSampler(len(y), batch_size, chunk_size, shuffle, self.seed)
-        # batch_size=None: each sampler item (a whole chunk's indices) goes to dataset[...] as is.
-        return DataLoader(ChunkedTensors(x, y, batch_size), sampler=sampler, batch_size=None)
+        trainer = self.trainer
+        ranks, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ChunkSampler(len(y), batch_size, chunk_size, shuffle, self.seed, num_replicas=ranks, rank=rank,
+                               shard=split != "train")
+        dataset = ChunkedTensors(x, y, batch_size)
+        if split == "train":
+            return ChunkLoader(dataset, sampler, self._chunks_trained)
+        # batch_size=None: each sampler item (a whole chunk's indices) goes to dataset[...] as is. A generator
+        # of its own: a DataLoader draws a seed for its workers from torch's global random stream each time
+        # it starts an iteration, and a resumed run starts more (Lightning's sanity check) than the run it
+        # continues, which would shift dropout's masks.
+        return DataLoader(dataset, sampler=sampler, batch_size=None, generator=torch.Generator())
+
+    def _chunks_trained(self) -> int:
+        """How many chunks of the current epoch the trainer has finished (the training loader's state)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed

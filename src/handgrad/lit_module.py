@@ -21,21 +21,45 @@ on_after_backward, on_before_optimizer_step) and their cost: ``manual_backward``
 than half of a whole batch-1 step of Nielsen's 784-30-10 network.
 ``bare_epoch`` is the same loop without Lightning: the reference that tests compare with
 and benchmarks time against.
+
+A step takes one of two paths (``Classifier(fused=...)``; the first chunk of a fit logs which):
+
+    fused      a plain handgrad.models.MLP (hand backend, no batch norm, no dropout) outside
+               autocast: F.mlp_loss_and_grads computes loss and gradients with the very code of
+               the whole-network Function's forward and backward, called directly (no graph, no
+               autograd engine, no .grad accumulation), and SGD's update runs as a few foreach
+               ops. For nielsen_ch1 at batch 10 a step then takes about a third of the time of
+               its torch.nn twin's autograd step (README, Performance).
+    autograd   every other network: its per-layer Functions, loss.backward() and optimizer.step().
+    sharded    on several processes (Lightning's DDP): the autograd path on this rank's slice of
+               each mini-batch, the ranks' gradients all-reduced before each step (sharded_steps).
+
+Both compute the same hand-written derivatives (tests compare the weights after an epoch);
+GradientCheck checks the gradients of the path that ran.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Literal
+
 import lightning as L
 import torch
 import torch.nn.functional as torch_F
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import handgrad.functional as F
 from handgrad.data import Chunk, ConfigError
+from handgrad.functional.fused import ACTIVATIONS as FUSED_ACTIVATIONS
+from handgrad.models import MLP
 from handgrad.optim import SGD
 
 LOSSES = ("cross_entropy", "mse")
+PLAIN_MLP_SPEC = ("sizes", "activation", "output_activation", "init")  # MLP options the fused step computes
 
 
 def loss_function(name: str, backend: str = "hand"):
@@ -63,6 +87,17 @@ def num_outputs(net: torch.nn.Module) -> int:
     return linears[-1].out_features
 
 
+def newest_checkpoint(trainer: L.Trainer) -> str:
+    """The checkpoint file the trainer's checkpoint callbacks wrote last ("" if none yet)."""
+    paths = {path for callback in trainer.checkpoint_callbacks
+             for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))}
+    return max((path for path in paths if path and os.path.isfile(path)), key=os.path.getmtime, default="")
+
+
+class DivergenceError(RuntimeError):
+    """The loss or the weights became inf or nan; the message names the step and suggests a smaller lr."""
+
+
 class Classifier(L.LightningModule):
     """Trains ``net`` on class labels with handgrad.optim.SGD.
 
@@ -74,6 +109,12 @@ class Classifier(L.LightningModule):
         weight_decay: L2 penalty coefficient, >= 0.
         histogram_every_n_steps: log weight and gradient histograms when the optimiser step
             count crosses a multiple of this (checked once per chunk); 0 turns them off.
+        fused: how a training step computes its gradients. "auto" (the default): by the fused
+            engine-free step (``fused_steps``) wherever it applies, a plain hand-backend
+            handgrad.models.MLP outside autocast on one process, else through autograd's
+            engine (``autograd_steps``); True: always fused (a ConfigError where it cannot
+            apply); False: always through the engine. The first chunk of a fit logs the path
+            taken, and ``fused_step`` tells it (None before the first chunk).
     """
 
     def __init__(
@@ -84,6 +125,7 @@ class Classifier(L.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         histogram_every_n_steps: int = 1000,
+        fused: bool | Literal["auto"] = "auto",
     ):
         super().__init__()
         if loss not in LOSSES:
@@ -96,6 +138,11 @@ class Classifier(L.LightningModule):
             raise ConfigError(f"model.weight_decay={weight_decay} must be >= 0; use 0 or e.g. 5e-4")
         if histogram_every_n_steps < 0:
             raise ConfigError(f"model.histogram_every_n_steps={histogram_every_n_steps} must be >= 0 (0: off)")
+        if fused not in (True, False, "auto"):
+            raise ConfigError(f"model.fused={fused!r} must be true, false or 'auto'")
+        blocker = fused_step_blocker(net)
+        if fused is True and blocker is not None:
+            raise ConfigError(f"model.fused=true, but {blocker}; use model.fused 'auto' (or false)")
         output_activation = getattr(net, "spec", {}).get("output_activation")
         if loss == "cross_entropy" and output_activation is not None:
             raise ConfigError(
@@ -108,11 +155,15 @@ class Classifier(L.LightningModule):
         self.loss = loss
         self.num_classes = num_outputs(net)
         self.cost = loss_function(loss, getattr(net, "backend", "hand"))
+        self.fused_blocker = "model.fused=false" if fused is False else blocker  # None: the fused step applies
+        self.fused_step: bool | None = None  # the path the latest chunk took
         self.val_loss, self.val_acc = MeanMetric(), MulticlassAccuracy(self.num_classes, average="micro")
         self.test_loss, self.test_acc = MeanMetric(), MulticlassAccuracy(self.num_classes, average="micro")
 
     def setup(self, stage: str) -> None:
         """Refuse a network whose input or output width does not fit the data, before any step."""
+        if self.trainer.precision == "64-true":  # Lightning converts the module only after it restored a
+            self.double()  # checkpoint into it: float64 weights would be rounded to float32 on the way
         datamodule = getattr(self.trainer, "datamodule", None)
         sizes = getattr(self.net, "spec", {}).get("sizes")
         if datamodule is None or sizes is None or not hasattr(datamodule, "num_features"):
@@ -137,35 +188,75 @@ class Classifier(L.LightningModule):
             x, y = x[:keep], y[:keep]
         targets = targets_for(self.loss, y, self.num_classes, x.dtype)
 
-        losses, outputs = [], []
-        for x_b, t_b in zip(x.split(chunk.batch_size), targets.split(chunk.batch_size)):
-            output = self.net(x_b)  # (b, C)
-            loss = self.cost(output, t_b)  # ()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-            outputs.append(output.detach())
+        if self._take_fused_step(x.device.type):
+            losses, outputs = fused_steps(self.net, self.loss, optimizer, x, targets, chunk.batch_size)
+        elif self.trainer.world_size > 1:  # Lightning's DDP: this rank's slice of each mini-batch, see sharded_steps
+            losses, right = sharded_steps(self.net, self.cost, optimizer, x, targets, y, chunk.batch_size,
+                                          self.trainer.global_rank, self.trainer.world_size)
+        else:
+            losses, outputs = autograd_steps(self.net, self.cost, optimizer, x, targets, chunk.batch_size)
+        losses = torch.stack(losses)
+        self._check_divergence(losses)  # one sync a chunk
+        if self.trainer.world_size == 1:
+            right = (torch.cat(outputs).argmax(1) == y).sum()  # right predictions in the chunk
 
         steps = len(losses)
         self._count_optimizer_steps(steps)
-        self._log_chunk(torch.stack(losses), torch.cat(outputs), y, chunk.batch_size, optimizer)
+        self._log_chunk(losses, right, len(y), chunk.batch_size, optimizer)
         if self.hparams.histogram_every_n_steps:
             n = self.hparams.histogram_every_n_steps
             if self.global_step // n != (self.global_step - steps) // n:
                 self._log_histograms()
 
+    def _take_fused_step(self, device_type: str) -> bool:
+        """Whether this chunk's steps take the fused path; logs the path when it changes (the first chunk)."""
+        why_not = self.fused_blocker
+        if why_not is None and torch.is_autocast_enabled(device_type):
+            why_not = f"precision={self.trainer.precision!r} runs under autocast"  # the fused step is fp32 / fp64 only
+        if why_not is None and self.trainer.world_size > 1:
+            why_not = f"it trains on {self.trainer.world_size} processes"  # its gradients are never all-reduced
+        if why_not is not None and self.hparams.fused is True:
+            raise ConfigError(f"model.fused=true, but {why_not}; use model.fused 'auto' (or false)")
+        fused = why_not is None
+        if fused != self.fused_step:
+            rank_zero_info("Training step: fused (handgrad.functional.mlp_loss_and_grads, no autograd engine) and a "
+                           "foreach SGD update" if fused else
+                           f"Training step: per-layer Functions, autograd engine, optimizer.step() ({why_not})")
+        self.fused_step = fused
+        return fused
+
+    def _check_divergence(self, losses: torch.Tensor) -> None:
+        """Raise DivergenceError if a loss of this chunk (losses: (steps,)) or a weight after its last
+        step is not finite. One host sync a chunk, on a single sum; the per-step losses then name the
+        first step that went wrong. Checking the weights too means that no checkpoint (saved between
+        chunks) ever holds inf or nan: the last one written is the last good one."""
+        total = losses.sum() + torch.stack([p.detach().sum() for p in self.net.parameters()]).sum()
+        if torch.isfinite(total):
+            return
+        bad = (~torch.isfinite(losses)).nonzero()
+        first = int(bad[0]) if len(bad) else len(losses) - 1
+        what = f"the loss became {float(losses[first])}" if len(bad) else "the weights became inf or nan"
+        path = newest_checkpoint(self.trainer)
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise DivergenceError(
+            f"training diverged: {what} at optimiser step {self.global_step + first + 1} "
+            f"(epoch {self.current_epoch + 1}); "
+            + (f"the last good checkpoint is {path}" if path else "no checkpoint was saved before it")
+            + f"; try a smaller learning rate, e.g. --model.lr {lr / 10:g} (now {lr:g})"
+        )
+
     def _count_optimizer_steps(self, steps: int) -> None:
         """Add ``steps`` to trainer.global_step (what ``steps`` calls of LightningOptimizer.step would add)."""
         self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(steps)
 
-    def _log_chunk(self, losses, outputs, y, batch_size: int, optimizer) -> None:
-        """Mean loss and accuracy over the chunk's steps, with the optimiser step count as TensorBoard's x-axis."""
+    def _log_chunk(self, losses, right, n: int, batch_size: int, optimizer) -> None:
+        """Mean loss and accuracy over the chunk's steps (n examples, ``right`` of them predicted right),
+        with the optimiser step count as TensorBoard's x-axis."""
         weights = torch.full_like(losses, batch_size)
-        weights[-1] = len(y) - batch_size * (len(losses) - 1)  # the last mini-batch may be shorter
+        weights[-1] = n - batch_size * (len(losses) - 1)  # the last mini-batch may be shorter
         self.log_dict({
-            "train/loss": (losses * weights).sum() / len(y),
-            "train/acc": (outputs.argmax(1) == y).float().mean(),
+            "train/loss": (losses * weights).sum() / n,
+            "train/acc": right.float() / n,
             "train/lr": float(optimizer.param_groups[0]["lr"]),
             "step": float(self.global_step),  # Lightning's loggers use a logged "step" as the x value
         }, prog_bar=False)
@@ -207,29 +298,257 @@ class Classifier(L.LightningModule):
         self.test_loss.reset()
         self.test_acc.reset()
 
+    # ----------------------------------------------------------------------- several processes, resuming
+
+    def on_train_start(self) -> None:
+        """Under Lightning's DDP, switch off the DDP wrapper's own gradient sync: it all-reduces during
+        the one backward that follows each forward through the wrapper, but here one such forward
+        (a chunk) runs a backward per mini-batch, and ``sharded_steps`` all-reduces each of them itself.
+        ``require_backward_grad_sync = False`` is what DDP.no_sync() sets for its context."""
+        if self.trainer.world_size == 1:
+            return
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, DDPStrategy):
+            raise ConfigError(f"trainer.strategy={type(strategy).__name__} is not supported on several devices: "
+                              "handgrad all-reduces its gradients under DDP only; use --trainer.strategy ddp")
+        strategy.model.require_backward_grad_sync = False
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep torch's random state (dropout's masks) in the checkpoint: Lightning does not save it,
+        and a resumed fit must draw what the uninterrupted one would have."""
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the random state; and let this run's lr, momentum and weight decay win over those
+        saved with the optimiser's state, so that a run resumed with e.g. a smaller --model.lr
+        (after a divergence) takes it."""
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group.update(lr=self.hparams.lr, momentum=self.hparams.momentum,
+                             weight_decay=self.hparams.weight_decay)
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
+
     def configure_optimizers(self) -> SGD:
         return SGD(self.net.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
                    weight_decay=self.hparams.weight_decay)
 
 
-def bare_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               batch_size: int, loss: str = "cross_entropy", order: torch.Tensor | None = None) -> torch.Tensor:
-    """One epoch of the plain PyTorch loop, no Lightning: shuffle by ``order``, cut consecutive
-    mini-batches, and for each: forward, cost, zero_grad, backward, step. Returns the per-step losses.
+# --------------------------------------------------------------------------- the steps of a chunk: two paths
 
-    With the same ``order`` and initial weights it walks the same path as Classifier's
+
+def autograd_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                   targets: torch.Tensor, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The general path, for any network: per mini-batch of ``batch_size`` rows, forward (the
+    network's per-layer Functions), cost, zero_grad, backward (autograd's engine), step.
+    Returns each step's loss and output (detached), for the chunk's metrics."""
+    losses, outputs = [], []
+    for x_b, t_b in zip(x.split(batch_size), targets.split(batch_size)):
+        output = net(x_b)  # (b, C)
+        loss = cost(output, t_b)  # ()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        outputs.append(output.detach())
+    return losses, outputs
+
+
+@torch.no_grad()
+def fused_steps(net: MLP, loss: str, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
+                batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The fused path, for a plain MLP (see ``fused_step_blocker``): per mini-batch, loss and gradients
+    by ``fused_step`` (no graph, no engine) and the optimiser's update with those gradients
+    (``sgd_update``). Afterwards each p.grad holds the last mini-batch's gradient, as after
+    ``autograd_steps``. Returns each step's loss and output, for the chunk's metrics."""
+    step, params = fused_step(net, loss), [p for layer in net.layers for p in (layer.weight, layer.bias)]
+    update = sgd_update(optimizer, params)
+    losses, outputs, grads = [], [], []
+    for x_b, t_b in zip(x.flatten(1).split(batch_size), targets.split(batch_size)):
+        value, output, grads = step(x_b, t_b)  # (), (b, C), [grad_W_1, grad_b_1, ...]
+        update(grads)
+        losses.append(value)
+        outputs.append(output)
+    for p, grad in zip(params, grads):
+        p.grad = grad
+    return losses, outputs
+
+
+def fused_step_blocker(net: torch.nn.Module) -> str | None:
+    """Why ``net`` cannot take the fused step (None: it can). It can if it is a handgrad.models.MLP on
+    the hand backend made of its linear layers (with biases) and activations only: no batch norm,
+    dropout or other option the fused code does not compute."""
+    if not isinstance(net, MLP) or type(net).forward is not MLP.forward:
+        return f"{type(net).__name__} is not a handgrad.models.MLP"
+    if net.backend != "hand":
+        return f"its backend is {net.backend!r}"
+    options = [f"{key}={value!r}" for key, value in net.spec.items() if key not in PLAIN_MLP_SPEC and value]
+    if options:
+        return f"it uses {', '.join(options)}"
+    if any(layer.bias is None for layer in net.layers):
+        return "a layer has no bias"
+    layer_params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
+    if [id(p) for p in net.parameters()] != [id(p) for p in layer_params] or next(net.buffers(), None) is not None:
+        return "it holds parameters or buffers besides its linear layers"
+    for key in ("activation", "output_activation"):
+        if net.spec[key] not in FUSED_ACTIVATIONS:
+            return f"{key}={net.spec[key]!r} has no fused form"
+    return None
+
+
+def fused_step(net: MLP, loss: str) -> Callable:
+    """(x (N, D_0), target) -> (loss, output, [grad_W_1, grad_b_1, .., grad_W_L, grad_b_L]) for ``net``'s
+    current weights: ``F.mlp_loss_and_grads``, the hand-written forward and backward of the whole
+    network and its cost called without autograd. One mini-batch of the fused path, and what
+    handgrad.callbacks.GradientCheck checks against autograd when training takes that path."""
+    weights, biases = [layer.weight for layer in net.layers], [layer.bias for layer in net.layers]
+    activation, output_activation = net.spec["activation"], net.spec["output_activation"]
+    negative_slope = getattr(net.activation, "negative_slope", 0.01)  # of "leaky_relu"
+
+    def step(x: torch.Tensor, target: torch.Tensor):
+        return F.mlp_loss_and_grads(x, target, weights, biases, activation, output_activation, loss,
+                                    negative_slope=negative_slope)
+    return step
+
+
+def fused_gradients(net: MLP, loss: str, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{parameter name: gradient} of one fused step on (x (N, *), target), as training computes it."""
+    _, _, grads = fused_step(net, loss)(x.flatten(1), target)
+    return {name: grad for (name, _), grad in zip(net.named_parameters(), grads, strict=True)}
+
+
+def sgd_update(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> Callable[[list[torch.Tensor]], None]:
+    """update(grads): one optimiser step with ``grads`` (aligned with ``params``) as the gradients.
+
+    For handgrad.optim.SGD, its update of each param group written in foreach ops (``sgd_step_``):
+    one C++ call per line of the formula instead of a Python loop over the parameters, 5-10 us a
+    step on the 2-core dev CPU where setting .grad and calling SGD.step takes 20-40 us. Any other
+    optimiser: set each p.grad and call its step().
+    """
+    index = {id(p): i for i, p in enumerate(params)}
+    if type(optimizer) is SGD and all(id(p) in index for group in optimizer.param_groups for p in group["params"]):
+        groups = [(group, [index[id(p)] for p in group["params"]]) for group in optimizer.param_groups]
+        if len(groups) == 1 and groups[0][1] == list(range(len(params))):  # Classifier's optimiser: one group, in order
+            group = groups[0][0]
+            return lambda grads: sgd_step_(group, optimizer.state, group["params"], grads)
+
+        def update(grads: list[torch.Tensor]) -> None:
+            for group, indices in groups:
+                sgd_step_(group, optimizer.state, group["params"], [grads[i] for i in indices])
+        return update
+
+    def update_by_step(grads: list[torch.Tensor]) -> None:
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        optimizer.step()
+    return update_by_step
+
+
+def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """handgrad.optim.SGD.step for one param group, with ``grads`` in place of the .grad of ``params``:
+    the same formula (see handgrad.optim) and the same arithmetic, bit for bit, in foreach ops.
+
+        g_t = grad + weight_decay * w
+        b_t = g_t  (first step)  |  momentum * b_{t-1} + (1 - dampening) * g_t
+        d_t = g_t + momentum * b_t  (nesterov)  |  b_t  (momentum)  |  g_t  (plain)
+        w   = w - lr * d_t
+
+    Momentum buffers live in the optimiser's ``state`` as SGD.step keeps them, so the two paths
+    and checkpoints share them. Call under torch.no_grad().
+    """
+    lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+    if group["weight_decay"] != 0:
+        grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])  # g + weight_decay * w
+    if momentum != 0:
+        buffers = [state[p].get("momentum_buffer") for p in params]
+        if any(buffer is None for buffer in buffers):  # the first step: b = g
+            buffers = [grad.clone() if buffer is None else buffer for buffer, grad in zip(buffers, grads)]
+            for p, buffer in zip(params, buffers):
+                state[p]["momentum_buffer"] = buffer
+        else:
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, grads, alpha=1 - dampening)
+        grads = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+    torch._foreach_add_(params, grads, alpha=-lr)  # w <- w - lr * d
+
+
+# --------------------------------------------------------------------------- the steps on several processes
+
+
+def sharded_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  targets: torch.Tensor, y: torch.Tensor, batch_size: int, rank: int,
+                  ranks: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The autograd path on ``ranks`` processes (Lightning's DDP), as process ``rank`` runs it.
+
+    Every rank holds the whole chunk. Of each mini-batch of n rows, rank r of R = ``ranks`` trains on
+    rows [r n / R, (r + 1) n / R) (rounded down; n_r of them, equal to within one row) and, before the
+    step, the ranks add up their gradients weighted by their share of the rows:
+
+        grad = sum_r (n_r / n) grad_r      grad_r: gradient of rank r's mean cost over its n_r rows
+
+    which is the gradient of the mean cost over all n rows: the step one process takes on the
+    whole mini-batch (up to rounding). A rank with no row of a short last mini-batch adds zeros.
+    Each step is one all-reduce (a sum) of one flat buffer holding the weighted gradients, the
+    weighted loss and the count of right predictions: one collective a step, not one per
+    parameter (DDP's reducer likewise all-reduces flattened buckets), and not Lightning's
+    ``strategy.reduce``, which runs a barrier before every all-reduce (a second collective).
+    Every parameter is taken to get a gradient (DDP's default, find_unused_parameters=False);
+    batch norm normalises with each rank's own rows (DDP without SyncBatchNorm).
+    Returns each step's loss over the whole mini-batch, and the chunk's number of right predictions.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    sizes = [p.numel() for p in params]
+    losses, right = [], []
+    for x_b, t_b, y_b in zip(x.split(batch_size), targets.split(batch_size), y.split(batch_size)):
+        n = len(y_b)
+        lo, hi = rank * n // ranks, (rank + 1) * n // ranks  # this rank's rows
+        optimizer.zero_grad()
+        if hi > lo:
+            output = net(x_b[lo:hi])  # (n_r, C)
+            loss = cost(output, t_b[lo:hi])  # ()
+            loss.backward()
+            loss, n_right = loss.detach(), (output.detach().argmax(1) == y_b[lo:hi]).sum()
+        else:
+            loss = n_right = torch.zeros((), device=x.device)
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1).to(grads[0].dtype)])
+        flat = torch.cat([flat.mul_((hi - lo) / n), n_right.reshape(1).to(flat.dtype)])  # (sum(sizes) + 2,)
+        torch.distributed.all_reduce(flat)  # sum over the ranks, on the process group Lightning set up
+        for p, grad in zip(params, flat[:-2].split(sizes)):
+            p.grad = grad.view_as(p)
+        optimizer.step()
+        losses.append(flat[-2].clone())
+        right.append(flat[-1].clone())
+    return losses, torch.stack(right).sum()
+
+
+# --------------------------------------------------------------------------- the loop without Lightning
+
+
+def bare_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int, loss: str = "cross_entropy", order: torch.Tensor | None = None,
+               fused: bool | Literal["auto"] = "auto") -> torch.Tensor:
+    """One epoch of the plain PyTorch loop, no Lightning: shuffle by ``order``, cut consecutive
+    mini-batches, and step on each, by ``fused_steps`` or ``autograd_steps`` as ``fused`` says
+    (as for Classifier; "auto": fused where ``fused_step_blocker`` finds nothing against it).
+    Returns the per-step losses.
+
+    With the same ``order``, initial weights and ``fused`` it walks the same path as Classifier's
     training_step (tests check it) and is what benchmarks time Lightning against.
     """
-    cost = loss_function(loss, getattr(net, "backend", "hand"))
+    blocker = fused_step_blocker(net)
+    if fused is True and blocker is not None:
+        raise ValueError(f"bare_epoch: fused=True, but {blocker}")
     if order is not None:
         x, y = x[order], y[order]
     targets = targets_for(loss, y, num_outputs(net), x.dtype)
-    losses = []
-    for start in range(0, len(y), batch_size):
-        output = net(x[start:start + batch_size])
-        step_loss = cost(output, targets[start:start + batch_size])
-        optimizer.zero_grad()
-        step_loss.backward()
-        optimizer.step()
-        losses.append(step_loss.detach())
+    if fused is not False and blocker is None:
+        losses, _ = fused_steps(net, loss, optimizer, x, targets, batch_size)
+    else:
+        cost = loss_function(loss, getattr(net, "backend", "hand"))
+        losses, _ = autograd_steps(net, cost, optimizer, x, targets, batch_size)
     return torch.stack(losses)
