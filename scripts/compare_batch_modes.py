@@ -52,6 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
+from handgrad.callbacks import fresh_run  # noqa: E402
 from handgrad.data import DataModule, spirals  # noqa: E402
 from handgrad.lit_module import loss_function  # noqa: E402
 from handgrad.models import MLP  # noqa: E402
@@ -163,13 +164,6 @@ def table(curves: list[Curve]) -> str:
                      f"| {1e6 * c.seconds[-1] / c.examples[-1]:.1f} |")
     return "\n".join(lines)
 
-
-def fresh_run(logdir: Path, name: str) -> SummaryWriter:
-    """A SummaryWriter for logdir/name, its earlier event files removed (one run per regime)."""
-    run = logdir / name
-    for old in run.glob("events.out.tfevents.*"):
-        old.unlink()
-    return SummaryWriter(str(run))
 
 
 def main(argv: list[str] | None = None) -> int:

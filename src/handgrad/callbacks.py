@@ -34,10 +34,12 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
 from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
 
 from handgrad.data import Chunk
 from handgrad.lit_module import fused_gradients, loss_function, targets_for
@@ -357,3 +359,12 @@ def grid(found: list[tuple[torch.Tensor, int, int]], columns: int = 4) -> Figure
     ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     return figure
+
+
+def fresh_run(logdir: str | Path, name: str) -> SummaryWriter:
+    """A TensorBoard SummaryWriter for logdir/name, its earlier event files removed, so a script
+    that is run again shows one run per name (scripts/compare_batch_modes.py, gradient_flow.py)."""
+    run = Path(logdir) / name
+    for old in run.glob("events.out.tfevents.*"):
+        old.unlink()
+    return SummaryWriter(str(run))
