@@ -86,3 +86,22 @@ def test_param_groups_and_state_dict_round_trip():
 def test_bad_values_raise_naming_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SGD(network().parameters(), **kwargs)
+
+
+def test_a_parameter_that_joins_late_gets_its_own_first_momentum_step():
+    """One parameter has no gradient on the first step (no buffer yet), then joins: its buffer
+    starts as its gradient while the others' buffers keep accumulating, as in torch.optim.SGD."""
+    ours, theirs = network(), network()
+    opt_ours = SGD(ours.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    g = torch.Generator().manual_seed(2)
+    for step in range(4):
+        x, y = torch.randn(8, 12, generator=g), torch.randn(8, 4, generator=g)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            hnn.MSELoss()(model(x), y).backward()
+            if step == 0:
+                model[2].bias.grad = None  # the last bias sits out the first step
+            opt.step()
+        for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)

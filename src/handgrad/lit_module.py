@@ -56,7 +56,7 @@ import handgrad.functional as F
 from handgrad.data import Chunk, ConfigError
 from handgrad.functional.fused import ACTIVATIONS as FUSED_ACTIVATIONS
 from handgrad.models import MLP
-from handgrad.optim import SGD
+from handgrad.optim import SGD, sgd_step_
 
 LOSSES = ("cross_entropy", "mse")
 PLAIN_MLP_SPEC = ("sizes", "activation", "output_activation", "init")  # MLP options the fused step computes
@@ -424,7 +424,7 @@ def fused_gradients(net: MLP, loss: str, x: torch.Tensor, target: torch.Tensor) 
 def sgd_update(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> Callable[[list[torch.Tensor]], None]:
     """update(grads): one optimiser step with ``grads`` (aligned with ``params``) as the gradients.
 
-    For handgrad.optim.SGD, its update of each param group written in foreach ops (``sgd_step_``):
+    For handgrad.optim.SGD, its update of each param group in foreach ops (``optim.sgd_step_``):
     one C++ call per line of the formula instead of a Python loop over the parameters, 5-10 us a
     step on the 2-core dev CPU where setting .grad and calling SGD.step takes 20-40 us. Any other
     optimiser: set each p.grad and call its step().
@@ -446,34 +446,6 @@ def sgd_update(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> 
             p.grad = grad
         optimizer.step()
     return update_by_step
-
-
-def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    """handgrad.optim.SGD.step for one param group, with ``grads`` in place of the .grad of ``params``:
-    the same formula (see handgrad.optim) and the same arithmetic, bit for bit, in foreach ops.
-
-        g_t = grad + weight_decay * w
-        b_t = g_t  (first step)  |  momentum * b_{t-1} + (1 - dampening) * g_t
-        d_t = g_t + momentum * b_t  (nesterov)  |  b_t  (momentum)  |  g_t  (plain)
-        w   = w - lr * d_t
-
-    Momentum buffers live in the optimiser's ``state`` as SGD.step keeps them, so the two paths
-    and checkpoints share them. Call under torch.no_grad().
-    """
-    lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-    if group["weight_decay"] != 0:
-        grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])  # g + weight_decay * w
-    if momentum != 0:
-        buffers = [state[p].get("momentum_buffer") for p in params]
-        if any(buffer is None for buffer in buffers):  # the first step: b = g
-            buffers = [grad.clone() if buffer is None else buffer for buffer, grad in zip(buffers, grads)]
-            for p, buffer in zip(params, buffers):
-                state[p]["momentum_buffer"] = buffer
-        else:
-            torch._foreach_mul_(buffers, momentum)
-            torch._foreach_add_(buffers, grads, alpha=1 - dampening)
-        grads = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
-    torch._foreach_add_(params, grads, alpha=-lr)  # w <- w - lr * d
 
 
 # --------------------------------------------------------------------------- the steps on several processes

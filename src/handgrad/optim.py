@@ -56,21 +56,32 @@ class SGD(torch.optim.Optimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                grad = w.grad
-                if weight_decay != 0:
-                    grad = grad.add(w, alpha=weight_decay)  # grad + weight_decay * w
-                if momentum != 0:
-                    state = self.state[w]
-                    if "momentum_buffer" not in state:
-                        buf = state["momentum_buffer"] = grad.clone()
-                    else:
-                        buf = state["momentum_buffer"]
-                        buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                    grad = grad.add(buf, alpha=momentum) if nesterov else buf  # g + momentum * b  |  b
-                w.add_(grad, alpha=-lr)  # w <- w - lr * grad
+            params = [w for w in group["params"] if w.grad is not None]
+            if params:
+                sgd_step_(group, self.state, params, [w.grad for w in params])
         return loss
+
+
+def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """One SGD update of ``params`` with ``grads`` as their gradients, in place, for one param group
+    (its lr, momentum, dampening, weight_decay, nesterov). Momentum buffers live in ``state[w]``
+    (the optimiser's state, so checkpoints hold them). Each line is one line of the formula above,
+    applied to every tensor at once by a foreach op: one C++ call instead of a Python loop over the
+    parameters. ``SGD.step`` calls it with the .grad of each parameter, the fused training step
+    (handgrad.lit_module) with gradients it computed itself. Call under torch.no_grad().
+    """
+    lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+    if group["weight_decay"] != 0:
+        grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])  # g + weight_decay * w
+    if momentum != 0:
+        has_buffer = ["momentum_buffer" in state[w] for w in params]
+        if any(has_buffer):  # b <- momentum * b + (1 - dampening) * g
+            buffers = [state[w]["momentum_buffer"] for w, h in zip(params, has_buffer) if h]
+            torch._foreach_mul_(buffers, momentum)
+            torch._foreach_add_(buffers, [g for g, h in zip(grads, has_buffer) if h], alpha=1 - dampening)
+        for w, g, h in zip(params, grads, has_buffer):
+            if not h:  # the first step: b = g
+                state[w]["momentum_buffer"] = g.clone()
+        buffers = [state[w]["momentum_buffer"] for w in params]
+        grads = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers  # g + m b | b
+    torch._foreach_add_(params, grads, alpha=-lr)  # w <- w - lr * d
