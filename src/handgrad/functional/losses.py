@@ -45,16 +45,18 @@ class MSELoss(Function):
     @staticmethod
     def forward(input, target, reduction):
         diff = input - target
-        return _reduce(diff * diff, reduction)
+        return _reduce(diff * diff, reduction), diff  # d is returned only for setup_context to save
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, reduction = inputs
-        ctx.save_for_backward(input - target)
+        _, _, reduction = inputs
+        _, diff = output
+        ctx.mark_non_differentiable(diff)
+        ctx.save_for_backward(diff)
         ctx.reduction = reduction
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_diff):
         (diff,) = ctx.saved_tensors
         scale = 2 / diff.numel() if ctx.reduction == "mean" else 2
         grad = diff * (grad_output * scale)  # grad_output is () or, for "none", like diff
@@ -75,7 +77,8 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
             f"mse_loss: input of shape {tuple(input.shape)} and target of shape {tuple(target.shape)} differ; "
             "they must match exactly (for class labels, one-hot encode the target to the input's shape)"
         )
-    return MSELoss.apply(input, target, reduction)
+    loss, _ = MSELoss.apply(input, target, reduction)
+    return loss
 
 
 # --------------------------------------------------------------------------- cross_entropy
