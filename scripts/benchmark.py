@@ -202,16 +202,16 @@ def make_batch(row: Row, device: torch.device, seed: int = 0) -> tuple[torch.Ten
     return x.to(device), target.to(device)
 
 
-def lenet_networks(device: torch.device) -> dict[str, Network] | str:
-    """The LeNet-5 row's backends, or the reason it is skipped."""
+def lenet_networks(device: torch.device, batch_norm: bool = False) -> dict[str, Network] | str:
+    """A LeNet-5 row's backends, or the reason it is skipped."""
     import handgrad.models
 
     LeNet5 = getattr(handgrad.models, "LeNet5", None)
     if LeNet5 is None:
         return "handgrad.models.LeNet5 does not exist yet"
     try:  # the convention of handgrad.models.MLP: backend="hand" | "autograd", same state_dict keys
-        hand = LeNet5(backend="hand")
-        twin = LeNet5(backend="autograd")
+        hand = LeNet5(batch_norm=batch_norm, backend="hand")
+        twin = LeNet5(batch_norm=batch_norm, backend="autograd")
         twin.load_state_dict(hand.state_dict())
     except (TypeError, ValueError, RuntimeError) as error:
         return f"handgrad.models.LeNet5 could not be built as LeNet5(backend=...): {error}"
@@ -394,15 +394,20 @@ def step_time_rows(device: torch.device, autocast: bool, args) -> list[dict]:
         x, target = make_batch(row, device)
         results += bench_row(row.name, row.batch, nets, x, target, device, autocast, args)
 
-    nets = lenet_networks(device) if not args.only or 128 in args.only else "not among --only's batch sizes"
-    if isinstance(nets, str):
-        print(f"note: LeNet-5 row skipped: {nets}", file=sys.stderr)
-    else:
+    for label, batch_norm in LENET_ROWS.items():
+        nets = lenet_networks(device, batch_norm) if not args.only or 128 in args.only else \
+            "not among --only's batch sizes"
+        if isinstance(nets, str):
+            print(f"note: {label} row skipped: {nets}", file=sys.stderr)
+            continue
         g = torch.Generator().manual_seed(0)
         x = torch.rand(128, 1, 28, 28, generator=g).to(device)  # (N, C, H, W) MNIST-shaped
         target = torch.randint(10, (128,), generator=g).to(device)
-        results += bench_row("LeNet-5", 128, nets, x, target, device, autocast, args)
+        results += bench_row(label, 128, nets, x, target, device, autocast, args)
     return results
+
+
+LENET_ROWS = {"LeNet-5": False, "LeNet-5, batch norm (configs/lenet5.yaml)": True}  # label -> batch_norm
 
 
 # --------------------------------------------------------------------------- row group 3: end to end
@@ -606,7 +611,36 @@ def breakdown(args) -> list[dict]:
                                          "wall").items():  # wall: CPU time would count threads spinning
             results.append(dict(part=f"{name} full step", threads=threads, step_us=statistics.median(ts) * 1e6))
     torch.set_num_threads(threads_now)
-    return results + fused_path_parts(args) + logging_costs(args)
+    return results + fused_path_parts(args) + pooling_parts(args) + logging_costs(args)
+
+
+def pooling_parts(args) -> list[dict]:
+    """LeNet-5's first ReLU and 2 x 2 max pooling at batch 128, input (128, 6, 28, 28): the pooling forward
+    by torch's kernel and by handgrad's running maximum, and ReLU + pooling forward and backward three ways."""
+    from handgrad.functional.pooling import max_pool_windows
+
+    torch.manual_seed(0)
+    z = torch.randn(128, 6, 28, 28, requires_grad=True)  # the first convolution's output
+    grad = torch.randn(128, 6, 14, 14)
+
+    def forward_backward(fn):
+        return lambda: fn(z).backward(grad)
+
+    parts = {
+        "max pool forward (128, 6, 28, 28): torch's kernel, max_pool2d_with_indices":
+            lambda: torch_F.max_pool2d(z.detach(), 2, return_indices=True),
+        "max pool forward (128, 6, 28, 28): handgrad's running maximum, max_pool_windows":
+            lambda: max_pool_windows(z.detach(), (2, 2), (2, 2), (1, 1), (14, 14)),
+        "relu + max pool, forward and backward: autograd (torch.nn.functional)":
+            forward_backward(lambda z: torch_F.max_pool2d(torch_F.relu(z), 2)),
+        "relu + max pool, forward and backward: F.relu, then F.max_pool2d (two Functions)":
+            forward_backward(lambda z: F.max_pool2d(F.relu(z), 2)),
+        "relu + max pool, forward and backward: F.max_pool2d_relu (one Function, what LeNet5 runs)":
+            forward_backward(lambda z: F.max_pool2d_relu(z, 2)),
+    }
+    timed = time_interleaved(parts, args.repeats, args.chunk_ms / 1e3, torch.device("cpu"), args.clock)
+    return [dict(part=name, threads=torch.get_num_threads(), step_us=statistics.median(ts) * 1e6)
+            for name, ts in timed.items()]
 
 
 def fused_path_parts(args) -> list[dict]:

@@ -17,6 +17,7 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
+import handgrad.functional as F
 import handgrad.nn as hnn
 from handgrad.functional.fused import mlp_loss_and_grads
 from handgrad.optim import SGD
@@ -140,3 +141,18 @@ def test_every_op_under_cuda_autocast_matches_autograd(case, leaves, dtype):
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
 def test_network_trains_under_cuda_autocast_like_its_torch_twin(kind, dtype):
     assert_trains_like_its_twin(kind, "cuda", dtype, **BF16)
+
+
+def test_cross_entropy_never_waits_for_the_gpu():
+    """On CUDA, cross_entropy leaves its class-index range check out (it reads the target on the host,
+    a synchronisation every step); forward and backward then queue kernels only."""
+    logits = torch.randn(8, 10, device="cuda", requires_grad=True)
+    target = torch.randint(10, (8,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        F.cross_entropy(logits, target).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(logits.grad, torch.autograd.grad(
+        torch.nn.functional.cross_entropy(logits, target), logits)[0])

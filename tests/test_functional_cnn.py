@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import handgrad.functional as F
-from handgrad.verify import CNN_CASES, compare, distinct, gradcheck, seeded
+from handgrad.verify import CNN_CASES, compare, distinct, gradcheck, max_pool2d_relu_reference, seeded
 
 CASES = {case.name: case for case in CNN_CASES}
 
@@ -83,6 +83,30 @@ def test_max_pool2d_return_indices_equal_torch():
     expected, expected_indices = torch_F.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
     torch.testing.assert_close(output, expected)
     assert torch.equal(indices, expected_indices)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=2),  # windows that tile the input (its last row and column left out)
+    dict(kernel_size=3, stride=1),  # overlapping windows: an input may win several
+    dict(kernel_size=(3, 2), stride=(2, 3), dilation=(1, 2)),  # strided views, gaps between windows
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),  # windows over padding: torch's kernel
+    dict(kernel_size=2, dilation=2, padding=1),
+], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_max_pool2d_ties_go_to_the_first_maximum_as_in_torch(kwargs, dtype):
+    """Whole numbers from 0 to 2 (or -1 to 1), ReLU's zeros and -inf tie in most windows; each window's
+    index and gradient must be the single element torch's kernel picks (its first maximum, row-major),
+    and max_pool2d_relu must give what autograd gives max_pool2d(relu(x))."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (3, 2, 9, 9), generator=g).to(dtype)
+    relu_x = torch.randn(3, 2, 9, 9, generator=g, dtype=dtype).relu()
+    for inputs in (x, relu_x, x - 1, torch.full_like(x, float("-inf"))):
+        for hand, reference in [(F.max_pool2d, torch_F.max_pool2d), (F.max_pool2d_relu, max_pool2d_relu_reference)]:
+            result = compare(hand, reference, dict(input=leaf(inputs)), kwargs)
+            assert torch.equal(result.output, result.expected_output)
+            assert torch.equal(result.grads["input"], result.expected_grads["input"])
+        _, indices = F.max_pool2d(inputs, **kwargs, return_indices=True)
+        assert torch.equal(indices, torch_F.max_pool2d(inputs, **kwargs, return_indices=True)[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -246,6 +270,7 @@ def test_dropout_edge_cases_like_torch():
 @pytest.mark.parametrize("name, make", [
     ("conv2d", lambda x, w: F.conv2d(x, w)),
     ("max_pool2d", lambda x, w: F.max_pool2d(x, 2)),
+    ("max_pool2d_relu", lambda x, w: F.max_pool2d_relu(x, 2)),
     ("avg_pool2d", lambda x, w: F.avg_pool2d(x, 2)),
     ("batch_norm", lambda x, w: F.batch_norm(x, None, None, w[:, 0, 0, 0], w[:, 0, 0, 1], training=True)),
     ("layer_norm", lambda x, w: F.layer_norm(x, (6, 6), w[0, 0], w[0, 1])),
@@ -255,6 +280,7 @@ def test_saves_no_more_than_autograd(name, make):
     x = torch.randn(4, 3, 6, 6, requires_grad=True)
     w = torch.randn(3, 3, 6, 6, requires_grad=True)
     reference = {"conv2d": lambda: torch_F.conv2d(x, w), "max_pool2d": lambda: torch_F.max_pool2d(x, 2),
+                 "max_pool2d_relu": lambda: max_pool2d_relu_reference(x, kernel_size=2),
                  "avg_pool2d": lambda: torch_F.avg_pool2d(x, 2),
                  "batch_norm": lambda: torch_F.batch_norm(x, None, None, w[:, 0, 0, 0], w[:, 0, 0, 1], training=True),
                  "layer_norm": lambda: torch_F.layer_norm(x, (6, 6), w[0, 0], w[0, 1]),

@@ -171,6 +171,22 @@ def test_lenet5_architecture():
     assert with_bn["bn2.running_var"].shape == (16,) and with_bn["bn4.running_mean"].shape == (84,)
 
 
+@pytest.mark.parametrize("spec, fused", [(dict(), True), (dict(batch_norm=True), True), (dict(activation="tanh"), False),
+                                         (dict(pool="avg"), False)])
+def test_lenet5_pools_and_applies_relu_in_one_function(spec, fused):
+    """ReLU then max pooling is one F.max_pool2d_relu node in the hand backend (README Performance)."""
+    def nodes(net):
+        names, todo = set(), [net(torch.rand(2, 1, 28, 28)).grad_fn]
+        while todo:
+            node = todo.pop()
+            names.add(type(node).__name__)
+            todo += [next_node for next_node, _ in node.next_functions if next_node is not None]
+        return names
+
+    assert ("MaxPool2dReLUBackward" in nodes(LeNet5(**spec))) == fused
+    assert "MaxPool2dReLUBackward" not in nodes(LeNet5(**spec, backend="autograd"))
+
+
 @pytest.mark.parametrize("net", [LeNet5(batch_norm=True, dropout=0.5, activation="tanh", pool="avg"),
                                  MLP([4, 3, 2], batch_norm=True, dropout=0.5)], ids=["lenet5", "mlp"])
 def test_hand_backend_is_built_from_handgrad_nn_and_the_twin_from_torch_nn(net):

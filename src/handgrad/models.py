@@ -25,6 +25,7 @@ from types import ModuleType
 
 import torch
 
+import handgrad.functional as F
 import handgrad.nn
 
 BACKENDS: dict[str, ModuleType] = {"hand": handgrad.nn, "autograd": torch.nn}
@@ -225,12 +226,19 @@ class LeNet5(torch.nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"LeNet5 expects images of shape (N, 1, 28, 28) (MNIST, Fashion-MNIST), got "
                              f"{tuple(x.shape)}; it has 1 input channel and fc1 needs 16 x 5 x 5 features")
-        x = self.pool(self.activation(self.bn1(self.conv1(x))))  # (N, 6, 28, 28) -> (N, 6, 14, 14)
-        x = self.pool(self.activation(self.bn2(self.conv2(x))))  # (N, 16, 10, 10) -> (N, 16, 5, 5)
+        x = self.pool_activation(self.bn1(self.conv1(x)))  # (N, 6, 28, 28) -> (N, 6, 14, 14)
+        x = self.pool_activation(self.bn2(self.conv2(x)))  # (N, 16, 10, 10) -> (N, 16, 5, 5)
         x = x.flatten(1)  # (N, 400)
         x = self.dropout(self.activation(self.bn3(self.fc1(x))))  # (N, 120)
         x = self.dropout(self.activation(self.bn4(self.fc2(x))))  # (N, 84)
         return self.fc3(x)  # (N, 10)
+
+    def pool_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """pool(activation(x)); for the hand backend's ReLU and max pooling, one Function that pools
+        first (F.max_pool2d_relu: ReLU on a quarter of the elements, the same values and gradients)."""
+        if self.backend == "hand" and self.spec["activation"] == "relu" and self.spec["pool"] == "max":
+            return F.max_pool2d_relu(x, self.pool.kernel_size, self.pool.stride)
+        return self.pool(self.activation(x))
 
     def twin(self, backend: str = "autograd") -> LeNet5:
         """The same network (weights, buffers, dtype, device, train/eval mode) built by ``backend``

@@ -293,6 +293,10 @@ def linear_activation_reference(input, weight, bias, activation, negative_slope=
     return TORCH_ACTIVATIONS[activation](torch_F.linear(input, weight, bias), negative_slope)
 
 
+def max_pool2d_relu_reference(input, **kwargs):
+    return torch_F.max_pool2d(torch_F.relu(input), **kwargs)  # the usual order: ReLU, then pooling
+
+
 def _layers(params: dict) -> tuple[list, list]:
     """weight0, bias0, weight1, ... (keyword arguments, so the table can name each) -> (weights, biases)."""
     depth = len(params) // 2
@@ -357,6 +361,12 @@ FUSED_CASES: list[OpCase] = [
                                ("identity", None)]),
     OpCase("linear_activation(leaky_relu)", linear_activation, linear_activation_reference, _linear_inputs,
            dict(activation="leaky_relu", negative_slope=0.2)),
+    OpCase("max_pool2d_relu(2x2)", F.max_pool2d_relu, max_pool2d_relu_reference, _pool_inputs(2, 3, 8, 8),
+           dict(kernel_size=2)),
+    OpCase("max_pool2d_relu(3x3, stride=2, padding=1, odd 7x9)", F.max_pool2d_relu, max_pool2d_relu_reference,
+           _pool_inputs(2, 3, 7, 9), dict(kernel_size=3, stride=2, padding=1)),
+    OpCase("max_pool2d_relu(3x3, stride=1)", F.max_pool2d_relu, max_pool2d_relu_reference, _pool_inputs(2, 3, 6, 7),
+           dict(kernel_size=3, stride=1)),
     OpCase("mlp(sigmoid, out=sigmoid)", mlp_by_name, mlp_reference, _mlp_inputs(5, 4, 3),
            dict(activation="sigmoid", output_activation="sigmoid")),
     OpCase("mlp(relu, out=None)", mlp_by_name, mlp_reference, _mlp_inputs(5, 6, 4, 3), dict(activation="relu")),

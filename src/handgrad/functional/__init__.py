@@ -11,7 +11,7 @@ from handgrad.functional.fused import linear_activation, mlp, mlp_loss, mlp_loss
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import cross_entropy, mse_loss
 from handgrad.functional.normalization import batch_norm, layer_norm
-from handgrad.functional.pooling import avg_pool2d, max_pool2d
+from handgrad.functional.pooling import avg_pool2d, max_pool2d, max_pool2d_relu
 
 __all__ = [
     "avg_pool2d",
@@ -28,6 +28,7 @@ __all__ = [
     "mlp_loss_and_grads",
     "log_softmax",
     "max_pool2d",
+    "max_pool2d_relu",
     "mse_loss",
     "relu",
     "sigmoid",

@@ -1,8 +1,9 @@
 """2-D max and average pooling.
 
 Max pooling routes each window's gradient to the one input that won the window, which the
-forward records as a flat index; average pooling spreads it evenly over the window, one
-strided addition per offset in the window.
+forward records as a flat index; average pooling spreads it evenly over the window. Both
+see a window through one strided view per window offset (window_views): max pooling takes a
+running maximum over them, average pooling adds its share to each.
 
 Reference: CS231n "max_pool_forward_naive / max_pool_backward_naive";
 torch.nn.functional.max_pool2d and avg_pool2d (the same window arithmetic and defaults).
@@ -28,18 +29,23 @@ class MaxPool2d(Function):
 
     Shapes:  x (N, C, H, W)  ->  y (N, C, H_out, W_out), and the winners' flat indices into H * W (same shape)
 
-    dy/dx = 1 at the window's winner, 0 elsewhere, so each window sends its gradient to its winner;
-    an input that wins several overlapping windows collects them all:
+    dy/dx = 1 at the window's winner, its first maximal input (row-major), 0 elsewhere, so each
+    window sends its gradient to its winner; an input that wins several overlapping windows
+    collects them all:
     grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w]      (N, C, H, W)
 
-    Saves only the int64 indices and the input's shape, not the input.
+    Saves only the int64 indices and the input's shape, not the input. On CPU the forward finds
+    y and the winners itself (max_pool_windows) when the windows lie inside the input, as in
+    LeNet-5, where torch's kernel takes 4x as long (scripts/benchmark.py, README Performance).
+    Windows that reach into padding go to torch's kernel, which never lets the padding win; so
+    does CUDA, where that kernel is one launch against max_pool_windows' four per window offset.
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-        return torch_F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices=True)
+        return max_pool_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -54,13 +60,91 @@ class MaxPool2d(Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
         (indices,) = ctx.saved_tensors
-        n, c, height, width = ctx.input_shape
-        grad_input = grad_output.new_zeros(n, c, height * width)
-        if ctx.disjoint:  # every index distinct: a plain scatter, faster than adding
-            grad_input.scatter_(2, indices.flatten(2), grad_output.flatten(2))
-        else:  # an input that wins several windows collects them all
-            grad_input.scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
-        return grad_input.view(n, c, height, width), None, None, None, None, None
+        return to_winners(grad_output, indices, ctx.input_shape, ctx.disjoint), None, None, None, None, None
+
+
+def max_pool_with_indices(input, kernel, stride, padding, dilation, ceil_mode):
+    """Each window's maximum and the flat index into H * W of its winner: by max_pool_windows on CPU when
+    the windows lie inside the input, else by torch's kernel (see MaxPool2d)."""
+    out_size = tuple(pooled_size(size, k, s, p, d, ceil_mode)
+                     for size, k, s, p, d in zip(input.shape[2:], kernel, stride, padding, dilation))
+    inside = not any(padding) and all((o - 1) * s + d * (k - 1) + 1 <= size for o, s, d, k, size
+                                      in zip(out_size, stride, dilation, kernel, input.shape[2:]))
+    if inside and input.device.type == "cpu" and input.shape[2] * input.shape[3] <= 2 ** 24:
+        return max_pool_windows(input, kernel, stride, dilation, out_size)
+    return torch_F.max_pool2d(input, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+
+
+def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tensor:
+    """grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w]: each window's gradient to its winner."""
+    n, c, height, width = input_shape
+    grad_input = grad_output.new_zeros(n, c, height * width)
+    if disjoint:  # every index distinct: a plain scatter, faster than adding
+        grad_input.scatter_(2, indices.flatten(2), grad_output.flatten(2))
+    else:  # an input that wins several windows collects them all
+        grad_input.scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
+    return grad_input.view(n, c, height, width)
+
+
+def max_pool_windows(input, kernel, stride, dilation, out_size):
+    """Each window's maximum and the flat index into H * W of its first maximal element, for windows
+    inside the input, as a running maximum over the K = kH * kW window offsets t (row-major):
+
+        m_0 = v_0,   m_t = max(m_{t-1}, v_t),   y = m_{K-1}        (v_t: window_views, elementwise)
+
+    The winner is the last offset that beat the running maximum, v_t > m_{t-1} (ties stay with the
+    earlier element, as torch's kernel keeps them); offsets grow with t, so its position relative
+    to the window's corner is  off = max_t [v_t > m_{t-1}] * (d*i*W + d*j),  and idx = corner + off.
+    A NaN makes the window's maximum NaN, as in torch, but its index (so its gradient) stays where
+    the comparisons leave it, where torch's kernel points at the NaN.
+    """
+    (k_h, k_w), (s_h, s_w), (d_h, d_w), (o_h, o_w) = kernel, stride, dilation, out_size
+    height, width = input.shape[2:]
+    if (s_h, s_w) == (k_h, k_w) and (d_h, d_w) == (1, 1):
+        # Windows that tile the input: one copy puts each offset's elements side by side, in memory
+        # order, where the strided views would make every elementwise op below 5-8x slower on CPU.
+        n, c = input.shape[:2]
+        tiles = input[:, :, :o_h * k_h, :o_w * k_w].reshape(n, c, o_h, k_h, o_w, k_w)
+        views = tiles.permute(3, 5, 0, 1, 2, 4).reshape(k_h * k_w, n, c, o_h, o_w).unbind(0)
+    else:
+        views = window_views(input, kernel, stride, dilation, out_size)
+
+    def relative(t):  # the flat offset of window offset t from the window's (0, 0)
+        i, j = divmod(t, k_w)
+        return d_h * i * width + d_w * j
+
+    output = views[0].clone(memory_format=torch.contiguous_format)  # m_0
+    offset = torch.zeros(output.shape, dtype=torch.float32, device=input.device)  # exact below 2^24
+    beats = torch.empty_like(offset)
+    for t, view in enumerate(views[1:], start=1):
+        torch.gt(view, output, out=beats)  # [v_t > m_{t-1}] as 0 / 1: 3x faster on CPU than a bool tensor
+        torch.maximum(offset, beats.mul_(relative(t)), out=offset)
+        torch.maximum(output, view, out=output)  # m_t
+    rows = torch.arange(o_h, dtype=torch.float32, device=input.device) * (s_h * width)
+    columns = torch.arange(o_w, dtype=torch.float32, device=input.device) * s_w
+    corner = rows.unsqueeze(1) + columns  # (H_out, W_out): the flat index of each window's (0, 0)
+    return output, offset.add_(corner).long()
+
+
+def window_views(x: torch.Tensor, kernel, stride, dilation, out_size) -> list[torch.Tensor]:
+    """One strided view of ``x`` (N, C, H, W) per window offset (i, j), in row-major order:
+
+        view[i * kW + j][n, c, h, w] = x[n, c, s*h + d*i, s*w + d*j]          (N, C, H_out, W_out)
+
+    the element at offset (i, j) of window (h, w), for every window at once."""
+    (k_h, k_w), (s_h, s_w), (d_h, d_w), (o_h, o_w) = kernel, stride, dilation, out_size
+    return [x[:, :, d_h * i:d_h * i + s_h * (o_h - 1) + 1:s_h, d_w * j:d_w * j + s_w * (o_w - 1) + 1:s_w]
+            for i in range(k_h) for j in range(k_w)]
+
+
+def pooled_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """Windows along one axis, as torch counts them (ATen's pooling_output_shape): with ceil_mode the
+    last window may hang over the padded input's end, but must start inside the input or its padding."""
+    reach = size + 2 * padding - dilation * (kernel - 1) - 1
+    count = (-(-reach // stride) if ceil_mode else reach // stride) + 1
+    if ceil_mode and (count - 1) * stride >= size + padding:
+        count -= 1
+    return count
 
 
 def _pool_args(op, input, kernel_size, stride, padding, dilation=1):
@@ -98,6 +182,57 @@ def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None
     else:
         output, indices = MaxPool2d.apply(input, kernel, stride, padding, dilation, ceil_mode)
     return (output, indices) if return_indices else output
+
+
+# --------------------------------------------------------------------------- max_pool2d_relu
+
+
+@combined_forward
+class MaxPool2dReLU(Function):
+    """y = relu(max_pool2d(x)) = max_pool2d(relu(x))      x (N, C, H, W)  ->  y (N, C, H_out, W_out)
+
+    ReLU is monotone, so it commutes with a window's maximum: pooling first runs ReLU on a quarter
+    of the elements (2 x 2 windows) and keeps no full-size mask. The winner of a window is the same
+    either way when its maximum is positive (ReLU leaves positive values alone, and zeroes are
+    smaller); when it is not, ReLU's derivative there is 0 and the window sends nothing:
+    grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w] * [y[n, c, h, w] > 0]       (N, C, H, W)
+    with [y > 0] = sign(y), as y >= 0 (ReLU's backward). Exactly what autograd gives max_pool2d(relu(x)).
+
+    Saves the indices and y, a quarter of the size of the ReLU output and indices autograd keeps.
+    """
+
+    autocast = Autocast.INPUT_DTYPE
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        pooled, indices = max_pool_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)
+        return pooled.relu_(), indices  # pooled is a new tensor: ReLU in place
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, kernel_size, stride, _, dilation, _ = inputs
+        output, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(output, indices)
+        ctx.input_shape = input.shape
+        ctx.disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_indices):
+        output, indices = ctx.saved_tensors
+        grad_pooled = grad_output * output.sign()  # ReLU's backward, on the pooled elements
+        return to_winners(grad_pooled, indices, ctx.input_shape, ctx.disjoint), None, None, None, None, None
+
+
+def max_pool2d_relu(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+                    dilation: IntPair = 1, ceil_mode: bool = False) -> torch.Tensor:
+    """relu(max_pool2d(input, ...)) as one op: max_pool2d's arguments; equal, value and gradient, to
+    max_pool2d(relu(input), ...), the usual order in a convolutional network (LeNet5 uses it)."""
+    kernel, stride, padding, dilation = _pool_args("max_pool2d_relu", input, kernel_size, stride, padding, dilation)
+    if input.dim() == 3:  # a single image (C, H, W) is a batch of one
+        return max_pool2d_relu(input.unsqueeze(0), kernel, stride, padding, dilation, ceil_mode).squeeze(0)
+    output, _ = MaxPool2dReLU.apply(input, kernel, stride, padding, dilation, ceil_mode)
+    return output
 
 
 # --------------------------------------------------------------------------- avg_pool2d
@@ -161,9 +296,8 @@ class AvgPool2d(Function):
         # The windows tile a frame that starts at the padded input's corner (-p, -p); the window offset
         # (i, j) of every window lands on the frame's rows s*h + i, columns s*w + j.
         spread = grad_output.new_zeros(n, c, (out_h - 1) * s_h + k_h, (out_w - 1) * s_w + k_w)
-        for i in range(k_h):
-            for j in range(k_w):
-                spread[:, :, i:i + (out_h - 1) * s_h + 1:s_h, j:j + (out_w - 1) * s_w + 1:s_w] += share
+        for view in window_views(spread, (k_h, k_w), (s_h, s_w), (1, 1), (out_h, out_w)):
+            view += share
         # Crop the padding off the top and left; crop or zero-fill the bottom and right to (H, W).
         grad_input = torch_F.pad(spread, (-p_w, width + p_w - spread.shape[3], -p_h, height + p_h - spread.shape[2]))
         return grad_input.view(n, c, height, width), None, None, None, None, None, None
