@@ -13,18 +13,18 @@ Row groups (issue 5):
        hand          handgrad.nn layers, one Function per op (Linear, Sigmoid, ...), handgrad.optim.SGD
        fused_layers  one Function per layer: linear + activation (functional.fused.linear_activation)
        fused_mlp     one Function for the whole network (functional.fused.mlp), Nielsen's backprop
-       fused_mlp_loss  one Function for the network and its loss (functional.fused.mlp_loss)
+       fused_mlp_loss  one Function for the network and its loss (functional.mlp_loss.mlp_loss)
        no_autograd   the same hand-written forward and backward called directly, no graph at all
-                     (functional.fused.mlp_loss_and_grads): .grad is set, then the SGD step (fp32 only)
+                     (functional.mlp_loss.mlp_loss_and_grads): .grad is set, then the SGD step (fp32 only)
        fused_step    what Classifier trains an MLP with (its fused path): no_autograd's gradients, and
-                     SGD's update in foreach ops (lit_module.sgd_update), no .grad (fp32 only)
+                     SGD's update in foreach ops (steps.sgd_update), no .grad (fp32 only)
      Before timing, each backend's first step must give autograd's loss and gradients.
   2. Memory: bytes of the distinct storages saved for backward in one step, counted exactly with
      torch.autograd.graph.saved_tensors_hooks (with and without the parameters, which exist anyway);
      on CUDA also the step's torch.cuda.max_memory_allocated above the memory in use before it.
   3. End to end (CPU): epochs of nielsen_ch1 run as ``scripts/train.py --config configs/nielsen_ch1.yaml``
      runs them (Lightning, TensorBoard logging, histograms and the config's callbacks; validation off)
-     against the plain PyTorch loop (torch.nn twin, torch.optim.SGD) and lit_module.bare_epoch over the
+     against the plain PyTorch loop (torch.nn twin, torch.optim.SGD) and steps.bare_epoch over the
      same tensors in the same order: us per example at batch 10 (50,000 examples) and batch 1 (5,000),
      and the ratio Lightning / loop. Needs MNIST under --data-root.
   4. With CUDA: groups 1 and 2 on the GPU, in fp32 and under bf16 autocast.
@@ -70,8 +70,9 @@ import yaml
 import handgrad.functional as F
 import handgrad.nn as hnn
 from handgrad.data import DataModule
-from handgrad.functional.fused import combined_forward, linear_activation, mlp, mlp_loss, mlp_loss_and_grads
-from handgrad.lit_module import bare_epoch, fused_steps, sgd_update
+from handgrad.functional.fused import combined_forward, linear_activation, mlp
+from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
+from handgrad.steps import bare_epoch, fused_steps, sgd_update
 from handgrad.models import MLP
 from handgrad.optim import SGD
 
@@ -121,7 +122,7 @@ class FusedMLP(torch.nn.Sequential):
     Same modules, parameters, ``state_dict`` keys ('0.weight', '0.bias', '2.weight', ...) and
     repr as ``torch.nn.Sequential(Linear, Sigmoid, Linear, Sigmoid)``; only ``forward`` differs:
     it hands every weight and bias to ``handgrad.functional.fused.mlp``. ``loss`` goes one
-    step further and folds the cost into the same Function (``fused.mlp_loss``).
+    step further and folds the cost into the same Function (``mlp_loss.mlp_loss``).
     """
 
     def __init__(self, sizes, activation="relu", output_activation=None):
@@ -141,7 +142,7 @@ class FusedMLP(torch.nn.Sequential):
 
     def loss_and_grads(self, input: torch.Tensor, target: torch.Tensor, loss: str = "cross_entropy",
                        reduction: str = "mean") -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """(loss, gradients in the order of self.parameters()), without autograd (``fused.mlp_loss_and_grads``)."""
+        """(loss, gradients in the order of self.parameters()), without autograd (``mlp_loss.mlp_loss_and_grads``)."""
         value, _, grads = mlp_loss_and_grads(input, target, [m.weight for m in self.linears],
                                              [m.bias for m in self.linears], self.activation,
                                              self.output_activation, loss, reduction)
@@ -417,8 +418,8 @@ E2E_BATCHES = {10: None, 1: 5000}  # batch -> training examples an epoch (None: 
 E2E_CONTENDERS = {  # name -> what it is, for the table
     "lightning": "Lightning: scripts/train.py --config configs/nielsen_ch1.yaml (fused step)",
     "plain_torch": "plain PyTorch loop: torch.nn twin, torch mse_loss, torch.optim.SGD",
-    "bare_epoch": "lit_module.bare_epoch, fused step (Lightning's path without Lightning)",
-    "bare_epoch_per_layer": "lit_module.bare_epoch(fused=False): per-layer Functions + autograd engine",
+    "bare_epoch": "steps.bare_epoch, fused step (Lightning's path without Lightning)",
+    "bare_epoch_per_layer": "steps.bare_epoch(fused=False): per-layer Functions + autograd engine",
 }
 
 
@@ -645,8 +646,8 @@ def pooling_parts(args) -> list[dict]:
 
 def fused_path_parts(args) -> list[dict]:
     """What one step of Classifier's fused path spends, nielsen_ch1 at batch 10 and 1: the whole step as
-    training runs it (lit_module.fused_steps over a chunk), and its pieces."""
-    from handgrad.functional.fused import _check_mlp_loss_args
+    training runs it (steps.fused_steps over a chunk), and its pieces."""
+    from handgrad.functional.mlp_loss import _check_mlp_loss_args
 
     torch.manual_seed(0)
     net = MLP([784, 30, 10], "sigmoid", "sigmoid", init="nielsen_scaled")
@@ -678,14 +679,14 @@ def fused_path_parts(args) -> list[dict]:
                 update(grads)
 
         parts = {
-            "fused path: a whole step (lit_module.fused_steps)": lambda: fused_steps(
+            "fused path: a whole step (steps.fused_steps)": lambda: fused_steps(
                 net, "mse", optimizer, x, targets, batch),
             "  F.mlp_loss_and_grads": each(lambda x_b, t_b: mlp_loss_and_grads(
                 x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse")),
             "    its argument checks": each(lambda x_b, t_b: _check_mlp_loss_args(
                 "mlp_loss_and_grads", x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse", "mean", 0.01)),
             "    torch.no_grad() entered and left": each(lambda x_b, t_b: no_grad_once()),
-            "  SGD update in foreach ops (lit_module.sgd_update), with no_grad": each(foreach_update),
+            "  SGD update in foreach ops (steps.sgd_update), with no_grad": each(foreach_update),
             "  instead: set .grad and handgrad.optim.SGD.step()": each(set_grads_and_step),
             "  cutting the chunk: split and zip": lambda: list(zip(x.split(batch), targets.split(batch))),
         }

@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 
 import handgrad.functional as F
 import handgrad.nn as hnn
-from handgrad.functional.fused import mlp_loss_and_grads
+from handgrad.functional.mlp_loss import mlp_loss_and_grads
 from handgrad.optim import SGD
 from handgrad.verify import OP_CASES, compare, gradcheck, mlp_loss_reference, seeded
 from test_amp import (BF16, LEAVES, amp_comparison, assert_same_dtypes_and_close,  # tests/ is on sys.path

@@ -1,7 +1,7 @@
 """Lightning's DDP on 2 CPU processes (gloo) takes the steps one process takes on the same global batch.
 
 Each rank trains on its slice of every mini-batch and the ranks add up their gradients, weighted
-by their share of its rows, before each step (handgrad.lit_module.sharded_steps). So after a fit
+by their share of its rows, before each step (handgrad.steps.sharded_steps). So after a fit
 both ranks hold the same weights, and those are the weights of one process that trained on whole
 mini-batches. Batch 7 over 2 ranks splits 3 + 4, and each 57-example epoch ends in a mini-batch of
 one row, of which rank 0 gets none: unequal and empty shards are part of the test.

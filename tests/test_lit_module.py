@@ -10,7 +10,9 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from handgrad.data import ConfigError, DataModule
-from handgrad.lit_module import Classifier, bare_epoch, fused_step_blocker, sgd_update
+from handgrad.lit_module import Classifier
+from handgrad.steps import bare_epoch
+from test_steps import NOT_FUSABLE  # tests/ is on sys.path
 from handgrad.models import MLP
 from handgrad.optim import SGD
 
@@ -177,18 +179,9 @@ def test_the_path_is_logged_once_per_fit(caplog):
                     "'autograd')"]
 
 
-@pytest.mark.parametrize("network, reason", [
-    (lambda: net(backend="autograd"), "its backend is 'autograd'"),
-    (lambda: net(dropout=0.5), "it uses dropout=0.5"),
-    (lambda: net(batch_norm=True), "it uses batch_norm=True"),
-    (lambda: torch.nn.Sequential(torch.nn.Linear(2, 3)), "Sequential is not a handgrad.models.MLP"),
-])
-def test_the_fused_step_applies_to_plain_hand_written_mlps_only(network, reason):
-    for activation in ("sigmoid", "tanh", "relu", "leaky_relu", "softmax"):
-        assert fused_step_blocker(net(activation=activation)) is None
-    assert fused_step_blocker(net(dropout=0.0, batch_norm=False)) is None  # options that are off
-    assert fused_step_blocker(network()) == reason
-    assert Classifier(network()).fused_blocker == reason  # "auto": the autograd path
+@pytest.mark.parametrize("network, reason", NOT_FUSABLE)
+def test_a_network_the_fused_step_cannot_compute_takes_the_autograd_path(network, reason):
+    assert Classifier(network()).fused_blocker == reason  # "auto": the autograd path (tests/test_steps.py)
     with pytest.raises(ConfigError, match="model.fused=true, but " + reason):
         Classifier(network(), fused=True)
 
@@ -200,46 +193,6 @@ def test_under_autocast_auto_takes_the_autograd_path_and_true_refuses():
     assert model.fused_step is False
     with pytest.raises(ConfigError, match=r"model\.fused=true, but precision='bf16-mixed' runs under autocast"):
         trainer(limit_val_batches=0, precision="bf16-mixed").fit(Classifier(net(), lr=0.1, fused=True), data)
-
-
-@pytest.mark.parametrize("settings", [
-    dict(), dict(momentum=0.9), dict(momentum=0.9, dampening=0.3), dict(momentum=0.9, nesterov=True),
-    dict(weight_decay=0.01), dict(momentum=0.8, weight_decay=0.01, nesterov=True),
-], ids=str)
-@pytest.mark.parametrize("groups", ["one", "two, reversed"])
-def test_the_foreach_update_is_sgd_step_bit_for_bit(settings, groups):
-    torch.manual_seed(0)
-    weights = [torch.randn(4, 3), torch.randn(4), torch.randn(2, 4), torch.randn(2)]
-    by_step = [torch.nn.Parameter(w.clone()) for w in weights]
-    foreach = [torch.nn.Parameter(w.clone()) for w in weights]
-
-    def optimizer(params):
-        if groups == "one":
-            return SGD(params, lr=0.1, **settings)
-        return SGD([{"params": params[2:][::-1], "lr": 0.05}, {"params": params[:2]}], lr=0.1, **settings)
-
-    reference, ours = optimizer(by_step), optimizer(foreach)
-    update = sgd_update(ours, foreach)
-    for _ in range(5):
-        grads = [torch.randn_like(w) for w in weights]
-        for p, g in zip(by_step, grads):
-            p.grad = g
-        reference.step()
-        with torch.no_grad():
-            update(grads)
-    for p, q in zip(by_step, foreach):
-        torch.testing.assert_close(q, p, rtol=0, atol=0)
-    assert reference.state_dict()["state"].keys() == ours.state_dict()["state"].keys()
-
-
-def test_another_optimizer_gets_its_gradients_through_grad():
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(3))]
-    adam = torch.optim.Adam(params, lr=0.1)
-    before = params[0].detach().clone()
-    with torch.no_grad():
-        sgd_update(adam, params)([torch.ones(3)])
-    assert torch.equal(params[0].grad, torch.ones(3)) and not torch.equal(params[0], before)
 
 
 # --------------------------------------------------------------------------- refusals

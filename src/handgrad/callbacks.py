@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from handgrad.data import Chunk
-from handgrad.lit_module import fused_gradients, loss_function, targets_for
+from handgrad.steps import fused_gradients, loss_function, targets_for
 
 
 class GradientMismatchWarning(UserWarning):
@@ -115,7 +115,7 @@ class GradientCheck(EveryNSteps):
     network in torch.nn, autograd's backward), both loaded with the current weights and run
     on the chunk's last mini-batch from the same random state, so training's parameters,
     gradients and random stream are untouched. The copy's gradients come from the code that
-    computed training's: the fused step (handgrad.lit_module.fused_gradients) when the chunk
+    computed training's: the fused step (handgrad.steps.fused_gradients) when the chunk
     took it (``pl_module.fused_step``), else the per-layer Functions and autograd's engine.
     Per layer it logs
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as torch_F
 
 import handgrad.functional as F
-from handgrad.functional.fused import linear_activation, mlp, mlp_loss
+from handgrad.functional.fused import linear_activation, mlp
+from handgrad.functional.mlp_loss import mlp_loss
 
 Inputs = dict[str, object]
 

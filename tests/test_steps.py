@@ -1,0 +1,95 @@
+"""handgrad.steps: the paths a chunk's mini-batches train by, and the foreach SGD update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handgrad.models import MLP
+from handgrad.optim import SGD
+from handgrad.steps import autograd_steps, fused_step_blocker, fused_steps, loss_function, sgd_update
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def net(seed: int = 0, **kwargs) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(**{"sizes": [2, 16, 3], **kwargs})
+
+
+@pytest.mark.parametrize("loss, kwargs", [("cross_entropy", {}), ("mse", dict(output_activation="sigmoid"))])
+def test_fused_steps_take_the_autograd_steps(loss, kwargs):
+    """Over a chunk of 5 mini-batches (the last one short): the same losses, outputs, weights and
+    last .grad as the per-layer Functions with autograd's engine, with momentum and weight decay."""
+    x, y = torch.randn(37, 2, generator=torch.Generator().manual_seed(1)), torch.arange(37) % 3
+    targets = torch.nn.functional.one_hot(y, 3).float() if loss == "mse" else y
+    fused, general = net(**kwargs), net(**kwargs)
+    runs = {}
+    for name, model in [("fused", fused), ("general", general)]:
+        optimizer = SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+        if name == "fused":
+            runs[name] = fused_steps(model, loss, optimizer, x, targets, 8)
+        else:
+            runs[name] = autograd_steps(model, loss_function(loss), optimizer, x, targets, 8)
+    for got, expected in zip(runs["fused"], runs["general"]):
+        assert len(got) == len(expected) == 5
+        torch.testing.assert_close(torch.cat([t.reshape(-1) for t in got]), torch.cat([t.reshape(-1) for t in expected]))
+    for (name, p), q in zip(fused.named_parameters(), general.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m, n=name: f"{n}.grad: {m}")
+
+
+NOT_FUSABLE = [  # (a network, why fused_step_blocker turns it away); test_lit_module.py uses them too
+    (lambda: net(backend="autograd"), "its backend is 'autograd'"),
+    (lambda: net(dropout=0.5), "it uses dropout=0.5"),
+    (lambda: net(batch_norm=True), "it uses batch_norm=True"),
+    (lambda: torch.nn.Sequential(torch.nn.Linear(2, 3)), "Sequential is not a handgrad.models.MLP"),
+]
+
+
+@pytest.mark.parametrize("network, reason", NOT_FUSABLE)
+def test_the_fused_step_applies_to_plain_hand_written_mlps_only(network, reason):
+    for activation in ("sigmoid", "tanh", "relu", "leaky_relu", "softmax"):
+        assert fused_step_blocker(net(activation=activation)) is None
+    assert fused_step_blocker(net(dropout=0.0, batch_norm=False)) is None  # options that are off
+    assert fused_step_blocker(network()) == reason
+
+
+@pytest.mark.parametrize("settings", [
+    dict(), dict(momentum=0.9), dict(momentum=0.9, dampening=0.3), dict(momentum=0.9, nesterov=True),
+    dict(weight_decay=0.01), dict(momentum=0.8, weight_decay=0.01, nesterov=True),
+], ids=str)
+@pytest.mark.parametrize("groups", ["one", "two, reversed"])
+def test_the_foreach_update_is_sgd_step_bit_for_bit(settings, groups):
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3), torch.randn(4), torch.randn(2, 4), torch.randn(2)]
+    by_step = [torch.nn.Parameter(w.clone()) for w in weights]
+    foreach = [torch.nn.Parameter(w.clone()) for w in weights]
+
+    def optimizer(params):
+        if groups == "one":
+            return SGD(params, lr=0.1, **settings)
+        return SGD([{"params": params[2:][::-1], "lr": 0.05}, {"params": params[:2]}], lr=0.1, **settings)
+
+    reference, ours = optimizer(by_step), optimizer(foreach)
+    update = sgd_update(ours, foreach)
+    for _ in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for p, g in zip(by_step, grads):
+            p.grad = g
+        reference.step()
+        with torch.no_grad():
+            update(grads)
+    for p, q in zip(by_step, foreach):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+    assert reference.state_dict()["state"].keys() == ours.state_dict()["state"].keys()
+
+
+def test_another_optimizer_gets_its_gradients_through_grad():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3))]
+    adam = torch.optim.Adam(params, lr=0.1)
+    before = params[0].detach().clone()
+    with torch.no_grad():
+        sgd_update(adam, params)([torch.ones(3)])
+    assert torch.equal(params[0].grad, torch.ones(3)) and not torch.equal(params[0], before)
