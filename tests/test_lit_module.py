@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from handgrad.data import ConfigError, DataModule
 from handgrad.lit_module import Classifier
@@ -184,6 +185,25 @@ def test_a_network_the_fused_step_cannot_compute_takes_the_autograd_path(network
     assert Classifier(network()).fused_blocker == reason  # "auto": the autograd path (tests/test_steps.py)
     with pytest.raises(ConfigError, match="model.fused=true, but " + reason):
         Classifier(network(), fused=True)
+
+
+def test_16_mixed_steps_through_lightnings_loss_scaler():
+    """"16-mixed" (float16 autocast; CUDA in practice): every optimiser step goes through the loss scaler
+    of Lightning's precision plugin. Here on the CPU, with the plugin given explicitly (Lightning's own
+    precision="16-mixed" would run the CPU as "bf16-mixed", which needs no scaler)."""
+    class CountingScaler(torch.amp.GradScaler):
+        updates = 0
+
+        def update(self, new_scale=None):
+            self.updates += 1
+            super().update(new_scale)
+
+    scaler = CountingScaler("cpu")
+    model = Classifier(net(), lr=0.1)
+    fit = trainer(limit_val_batches=0, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    fit.fit(model, spirals(batch_size=8))
+    assert model.fused_step is False  # under autocast
+    assert scaler.updates == fit.global_step == 13  # 103 examples in mini-batches of 8
 
 
 def test_under_autocast_auto_takes_the_autograd_path_and_true_refuses():

@@ -93,3 +93,29 @@ def test_another_optimizer_gets_its_gradients_through_grad():
     with torch.no_grad():
         sgd_update(adam, params)([torch.ones(3)])
     assert torch.equal(params[0].grad, torch.ones(3)) and not torch.equal(params[0], before)
+
+
+def test_loss_scaling_takes_the_same_steps_and_skips_an_overflow():
+    """With a GradScaler ("16-mixed"), the gradients of S * loss divided by S are the gradients (S a power
+    of 2: exactly), so the steps are the unscaled ones; a step whose scaled gradients overflow is skipped."""
+    x, y = torch.randn(24, 2, generator=torch.Generator().manual_seed(1)), torch.arange(24) % 3
+    plain, scaled, overflowing = net(), net(), net()
+    before = [p.detach().clone() for p in overflowing.parameters()]
+    autograd_steps(plain, loss_function("cross_entropy"), SGD(plain.parameters(), lr=0.5, momentum=0.9), x, y, 8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    autograd_steps(scaled, loss_function("cross_entropy"), SGD(scaled.parameters(), lr=0.5, momentum=0.9), x, y, 8,
+                   scaler)
+    for p, q in zip(plain.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+    assert scaler.get_scale() == 2.0 ** 16  # no overflow, and 3 steps are far from the 2000 that double S
+
+    huge = torch.amp.GradScaler("cpu", init_scale=3e38)  # S * (1000 * loss) overflows float32
+
+    def cost(output, target):
+        return 1000 * loss_function("cross_entropy")(output, target)
+
+    losses, _ = autograd_steps(overflowing, cost, SGD(overflowing.parameters(), lr=0.5), x[:8], y[:8], 8, huge)
+    assert torch.isfinite(losses[0])
+    for p, b in zip(overflowing.parameters(), before, strict=True):
+        assert torch.equal(p, b)  # the step was skipped
+    assert huge.get_scale() == torch.tensor(3e38).item() / 2  # and S halved

@@ -146,13 +146,14 @@ class Classifier(L.LightningModule):
             x, y = x[:keep], y[:keep]
         targets = targets_for(self.loss, y, self.num_classes, x.dtype)
 
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # "16-mixed": loss scaling
         if self._take_fused_step(x.device.type):
             losses, outputs = fused_steps(self.net, self.loss, optimizer, x, targets, chunk.batch_size)
         elif self.trainer.world_size > 1:  # Lightning's DDP: this rank's slice of each mini-batch, see sharded_steps
             losses, right = sharded_steps(self.net, self.cost, optimizer, x, targets, y, chunk.batch_size,
-                                          self.trainer.global_rank, self.trainer.world_size)
+                                          self.trainer.global_rank, self.trainer.world_size, scaler)
         else:
-            losses, outputs = autograd_steps(self.net, self.cost, optimizer, x, targets, chunk.batch_size)
+            losses, outputs = autograd_steps(self.net, self.cost, optimizer, x, targets, chunk.batch_size, scaler)
         losses = torch.stack(losses)
         self._check_divergence(losses)  # one sync a chunk
         if self.trainer.world_size == 1:
@@ -179,7 +180,9 @@ class Classifier(L.LightningModule):
         if fused != self.fused_step:
             rank_zero_info("Training step: fused (handgrad.functional.mlp_loss_and_grads, no autograd engine) and a "
                            "foreach SGD update" if fused else
-                           f"Training step: per-layer Functions, autograd engine, optimizer.step() ({why_not})")
+                           f"Training step: per-layer Functions, autograd engine, optimizer.step()"
+                           f"{' with loss scaling' if getattr(self.trainer.precision_plugin, 'scaler', None) else ''}"
+                           f" ({why_not})")
         self.fused_step = fused
         return fused
 

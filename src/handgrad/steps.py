@@ -68,17 +68,19 @@ def num_outputs(net: torch.nn.Module) -> int:
 
 
 def autograd_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                   targets: torch.Tensor, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                   targets: torch.Tensor, batch_size: int,
+                   scaler: torch.amp.GradScaler | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The general path, for any network: per mini-batch of ``batch_size`` rows, forward (the
-    network's per-layer Functions), cost, zero_grad, backward (autograd's engine), step.
-    Returns each step's loss and output (detached), for the chunk's metrics."""
+    network's per-layer Functions), cost, zero_grad, backward (autograd's engine), step; with a
+    ``scaler`` (float16 autocast, Lightning's "16-mixed"), backward from the scaled loss and
+    ``step_with_scaler``. Returns each step's loss and output (detached), for the chunk's metrics."""
     losses, outputs = [], []
     for x_b, t_b in zip(x.split(batch_size), targets.split(batch_size)):
         output = net(x_b)  # (b, C)
         loss = cost(output, t_b)  # ()
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        step_with_scaler(optimizer, scaler)
         losses.append(loss.detach())
         outputs.append(output.detach())
     return losses, outputs
@@ -102,6 +104,19 @@ def fused_steps(net: MLP, loss: str, optimizer: torch.optim.Optimizer, x: torch.
     for p, grad in zip(params, grads):
         p.grad = grad
     return losses, outputs
+
+
+def step_with_scaler(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """optimizer.step(); or, with a loss scaler (Lightning's "16-mixed" holds one), the second half of a
+    loss-scaled step. The backward ran from S * loss, so that gradients too small for float16
+    (below 6e-8) did not flush to zero; the step divides the gradients by S again and is skipped
+    (S halved) when any of them overflowed to inf or nan; S doubles after 2000 steps without an
+    overflow (torch.amp.GradScaler)."""
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def fused_step_blocker(net: torch.nn.Module) -> str | None:
@@ -178,8 +193,8 @@ def sgd_update(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> 
 
 
 def sharded_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  targets: torch.Tensor, y: torch.Tensor, batch_size: int, rank: int,
-                  ranks: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+                  targets: torch.Tensor, y: torch.Tensor, batch_size: int, rank: int, ranks: int,
+                  scaler: torch.amp.GradScaler | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The autograd path on ``ranks`` processes (Lightning's DDP), as process ``rank`` runs it.
 
     Every rank holds the whole chunk. Of each mini-batch of n rows, rank r of R = ``ranks`` trains on
@@ -195,7 +210,9 @@ def sharded_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, 
     parameter (DDP's reducer likewise all-reduces flattened buckets), and not Lightning's
     ``strategy.reduce``, which runs a barrier before every all-reduce (a second collective).
     Every parameter is taken to get a gradient (DDP's default, find_unused_parameters=False);
-    batch norm normalises with each rank's own rows (DDP without SyncBatchNorm).
+    batch norm normalises with each rank's own rows (DDP without SyncBatchNorm). With a loss
+    ``scaler`` ("16-mixed"), the ranks add up gradients of S * loss, S alike on every rank, and all
+    of them then see the same sums, so they skip the same overflowing steps.
     Returns each step's loss over the whole mini-batch, and the chunk's number of right predictions.
     """
     params = [p for p in net.parameters() if p.requires_grad]
@@ -208,17 +225,19 @@ def sharded_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, 
         if hi > lo:
             output = net(x_b[lo:hi])  # (n_r, C)
             loss = cost(output, t_b[lo:hi])  # ()
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             loss, n_right = loss.detach(), (output.detach().argmax(1) == y_b[lo:hi]).sum()
         else:
             loss = n_right = torch.zeros((), device=x.device)
+            if scaler is not None:
+                scaler.scale(loss)  # S exists from the first step on every rank
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
         flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1).to(grads[0].dtype)])
         flat = torch.cat([flat.mul_((hi - lo) / n), n_right.reshape(1).to(flat.dtype)])  # (sum(sizes) + 2,)
         torch.distributed.all_reduce(flat)  # sum over the ranks, on the process group Lightning set up
         for p, grad in zip(params, flat[:-2].split(sizes)):
             p.grad = grad.view_as(p)
-        optimizer.step()
+        step_with_scaler(optimizer, scaler)
         losses.append(flat[-2].clone())
         right.append(flat[-1].clone())
     return losses, torch.stack(right).sum()
