@@ -1,9 +1,15 @@
-"""scripts/compare_batch_modes.py and scripts/gradient_flow.py on small data: their PNGs and TensorBoard runs."""
+"""scripts/compare_batch_modes.py and scripts/gradient_flow.py on small data (their PNGs and TensorBoard
+runs), and scripts/callback_cost.py."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
+import time
+from collections import defaultdict
+
+import lightning as L
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -22,6 +28,7 @@ def script(name: str):
 
 
 compare_batch_modes, gradient_flow = script("compare_batch_modes"), script("gradient_flow")
+callback_cost = script("callback_cost")
 
 
 def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
@@ -87,3 +94,24 @@ def test_gradient_flow_writes_its_png_and_a_run_per_network(data, tmp_path, mnis
     # the last layer's; with ReLU far less so.
     ratio = {activation: norms[0] / norms[-1] for activation, norms in at_init.items()}
     assert ratio["sigmoid"] < 1e-2 and ratio["sigmoid"] < ratio["relu"] / 10
+
+
+# --------------------------------------------------------------------------- callback_cost
+
+
+def test_callback_cost_prints_each_callbacks_share_of_a_fit(capsys):
+    callback_cost.main(["--configs", "spirals", "--epochs", "1"])  # spirals.yaml: GradientCheck, GradientFlow
+    assert re.search(r"\| spirals \| 1 \| 79 \| [\d.]+ s \| 500 \| [\d.]+% \| [\d.]+% \| off \|", capsys.readouterr().out)
+
+
+def test_time_hooks_times_the_hooks_a_callback_defines_and_no_other():
+    class Slow(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            time.sleep(0.05)
+
+    seconds, callback = defaultdict(float), Slow()
+    callback_cost.time_hooks(callback, seconds)
+    callback.on_train_start(None, None)
+    callback.on_train_end(None, None)  # Lightning's empty hook: left as it is
+    assert 0.05 <= seconds["Slow"] < 1
+    assert "on_train_start" in vars(callback) and "on_train_end" not in vars(callback)
