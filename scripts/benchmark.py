@@ -625,7 +625,10 @@ def pooling_parts(args) -> list[dict]:
     grad = torch.randn(128, 6, 14, 14)
 
     def forward_backward(fn):
-        return lambda: fn(z).backward(grad)
+        def run():
+            z.grad = None  # no accumulation into an earlier .grad
+            fn(z).backward(grad)
+        return run
 
     parts = {
         "max pool forward (128, 6, 28, 28): torch's kernel, max_pool2d_with_indices":

@@ -60,6 +60,7 @@ def test_conv2d_1x1():
 
 
 @pytest.mark.parametrize("name", ["conv2d(3x3)", "conv2d(groups=3, no bias)", "max_pool2d(3x3, stride=2, padding=1, odd 7x9)",
+                                  "max_pool2d(2x2)", "max_pool2d(3x3, stride=1)",
                                   "avg_pool2d(3x3, stride=2, padding=1)", "batch_norm(train, N C H W)"])
 def test_channels_last_inputs(name):
     case = CASES[name]
@@ -87,6 +88,7 @@ def test_max_pool2d_return_indices_equal_torch():
 
 @pytest.mark.parametrize("kwargs", [
     dict(kernel_size=2),  # windows that tile the input (its last row and column left out)
+    dict(kernel_size=(2, 3)),  # tiles of 2 x 3
     dict(kernel_size=3, stride=1),  # overlapping windows: an input may win several
     dict(kernel_size=(3, 2), stride=(2, 3), dilation=(1, 2)),  # strided views, gaps between windows
     dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),  # windows over padding: torch's kernel
@@ -107,6 +109,39 @@ def test_max_pool2d_ties_go_to_the_first_maximum_as_in_torch(kwargs, dtype):
             assert torch.equal(result.grads["input"], result.expected_grads["input"])
         _, indices = F.max_pool2d(inputs, **kwargs, return_indices=True)
         assert torch.equal(indices, torch_F.max_pool2d(inputs, **kwargs, return_indices=True)[1])
+
+
+def test_max_pool2d_keeps_a_channels_last_layout_as_torch_does():
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    for kwargs in (dict(kernel_size=2), dict(kernel_size=3, stride=1), dict(kernel_size=3, stride=2, padding=1)):
+        output, indices = F.max_pool2d(x, **kwargs, return_indices=True)
+        expected, expected_indices = torch_F.max_pool2d(x, **kwargs, return_indices=True)
+        assert output.stride() == expected.stride() and indices.stride() == expected_indices.stride()
+
+
+def test_max_pool2d_of_a_nan_is_nan_as_in_torch():
+    x = torch.randn(1, 2, 6, 6)
+    x[0, 1, 2, 3] = float("nan")
+    torch.testing.assert_close(F.max_pool2d(x, 2), torch_F.max_pool2d(x, 2), equal_nan=True)
+    assert F.max_pool2d(x, 2)[0, 1, 1, 1].isnan()
+
+
+def test_max_pool2d_past_exact_float32_indices_takes_torchs_kernel(monkeypatch):
+    """max_pool_windows counts indices in float32, exact to 2^24 elements an image; larger images go to
+    torch's kernel (shown here with the limit lowered below an 8 x 8 image)."""
+    import handgrad.functional.pooling as pooling
+
+    calls = []
+    windows = pooling.max_pool_windows
+    monkeypatch.setattr(pooling, "max_pool_windows", lambda *args: calls.append(args) or windows(*args))
+    x = torch.randn(2, 3, 8, 8)
+    F.max_pool2d(x, 2)
+    assert len(calls) == 1
+    monkeypatch.setattr(pooling, "EXACT_FLOAT32_INDICES", 63)
+    output, indices = F.max_pool2d(x, 2, return_indices=True)
+    assert len(calls) == 1
+    expected, expected_indices = torch_F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(output, expected) and torch.equal(indices, expected_indices)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from handgrad.models import MLP
 from handgrad.optim import SGD
-from handgrad.steps import autograd_steps, fused_step_blocker, fused_steps, loss_function, sgd_update
+from handgrad.steps import autograd_steps, fused_step_blocker, fused_steps, loss_function, sgd_update, sharded_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,3 +121,52 @@ def test_loss_scaling_takes_the_same_steps_and_skips_an_overflow():
     for p, b in zip(overflowing.parameters(), before, strict=True):
         assert torch.equal(p, b)  # the step was skipped
     assert huge.get_scale() == torch.tensor(3e38).item() / 2  # and S halved
+
+
+@pytest.mark.parametrize("overflow", [False, True], ids=["in range", "overflowing"])
+def test_sharded_steps_with_a_scaler_take_one_process_steps_on_every_rank(monkeypatch, overflow):
+    """Two ranks, as threads whose all_reduce sums their buffers: mini-batches of 7 rows over a chunk of 15
+    split 3 + 4 and end in one row that rank 0 has none of. With a loss scaler, both ranks take the
+    steps of one process on whole mini-batches; when the scaled gradients overflow, both skip the step
+    and halve their scale (they see the same sums)."""
+    barrier, slots = threading.Barrier(2), [None, None]
+    rank_of = {}
+
+    def all_reduce(flat):
+        slots[rank_of[threading.get_ident()]] = flat.clone()
+        barrier.wait()
+        total = slots[0] + slots[1]
+        barrier.wait()  # both have read the sum before the next step writes its buffer
+        flat.copy_(total)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    x, y = torch.randn(15, 2, generator=torch.Generator().manual_seed(2)), torch.arange(15) % 3
+    scale = 2.0 ** 127 if overflow else 2.0 ** 16
+
+    def cost(output, target):  # with overflow, S * loss is inf
+        return (1000 if overflow else 1) * loss_function("cross_entropy")(output, target)
+
+    nets, scalers, errors = [net(), net()], [torch.amp.GradScaler("cpu", init_scale=scale) for _ in range(2)], []
+
+    def run(rank):
+        rank_of[threading.get_ident()] = rank
+        try:
+            sharded_steps(nets[rank], cost, SGD(nets[rank].parameters(), lr=0.5), x, y, y, 7, rank, 2, scalers[rank])
+        except Exception as error:  # noqa: BLE001 -- reported below, in the test's thread
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+    one_process = net()
+    if not overflow:
+        autograd_steps(one_process, cost, SGD(one_process.parameters(), lr=0.5), x, y, 7)
+    for p, q, r in zip(nets[0].parameters(), nets[1].parameters(), one_process.parameters(), strict=True):
+        assert torch.equal(p, q)  # the ranks agree to the bit
+        torch.testing.assert_close(p, r)  # and took one process's steps (or, overflowing, none)
+    assert scalers[0].get_scale() == scalers[1].get_scale() == (scale / 2 ** 3 if overflow else scale)

@@ -237,7 +237,8 @@ class LeNet5(torch.nn.Module):
         """pool(activation(x)); for the hand backend's ReLU and max pooling, one Function that pools
         first (F.max_pool2d_relu: ReLU on a quarter of the elements, the same values and gradients)."""
         if self.backend == "hand" and self.spec["activation"] == "relu" and self.spec["pool"] == "max":
-            return F.max_pool2d_relu(x, self.pool.kernel_size, self.pool.stride)
+            pool = self.pool
+            return F.max_pool2d_relu(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
         return self.pool(self.activation(x))
 
     def twin(self, backend: str = "autograd") -> LeNet5:

@@ -101,7 +101,9 @@ class ReLU(Function):
 
     Why y and not a bool mask [x > 0]: the next layer saves y as its input anyway, so it
     costs no memory, and on CPU sign + mul is 5-10x faster than building a bool mask and
-    multiplying by it (scripts/benchmark.py).
+    multiplying by it (scripts/benchmark.py). The one difference from torch's select: an inf or
+    nan upstream gradient at a unit with x <= 0 gives nan here (inf * 0), 0 in torch; such a
+    gradient has overflowed already (a loss scaler then skips the step either way).
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype

@@ -15,8 +15,8 @@ one node per op:
   its cost as one node, and that node's code called with no autograd at all.
 
 The Functions are verified like every other op (handgrad.verify.FUSED_CASES) against the
-composition of plain torch ops they replace, and ``mlp_loss_and_grads`` against autograd's
-gradients (tests/test_functional_fused.py); scripts/benchmark.py measures what each buys.
+composition of plain torch ops they replace (and beyond the table in
+tests/test_functional_fused.py); scripts/benchmark.py measures what each buys.
 
 Reference: Nielsen, "Neural Networks and Deep Learning", ch. 2 (the four equations of
 backpropagation) and ch. 3 (cross-entropy); CS231n layers.py ("sandwich" layers such as
@@ -160,7 +160,7 @@ def linear_activation(input: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     "softmax" (over the last dimension) or None for the identity.
     """
     _check_activation("linear_activation", activation, negative_slope)
-    _check_layers("linear_activation", input, [weight], [bias])
+    check_layers("linear_activation", input, [weight], [bias])
     if input.dim() == 2:  # (N, D_in): the common case, without two reshapes
         return LinearActivation.apply(input, weight, bias, activation, negative_slope)
     output = LinearActivation.apply(input.reshape(-1, input.shape[-1]), weight, bias, activation, negative_slope)
@@ -245,8 +245,8 @@ def mlp(input: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[t
     layers and ``output_activation`` after the last (None: logits, as cross-entropy wants).
     input (*, D_0), weights[l] (D_{l+1}, D_l), biases[l] (D_{l+1},) or None -> (*, D_L).
     """
-    activations = _activations("mlp", activation, output_activation, negative_slope)
-    _check_layers("mlp", input, weights, biases)
+    activations = checked_activations("mlp", activation, output_activation, negative_slope)
+    check_layers("mlp", input, weights, biases)
     params = [p for weight, bias in zip(weights, biases) for p in (weight, bias)]
     if input.dim() == 2:  # (N, D_0): the common case, without two reshapes
         return MLP.apply(input, activations, *params)[0]
@@ -314,7 +314,7 @@ def backpropagate(grad_y: torch.Tensor, a: Sequence[torch.Tensor | None], weight
 # --------------------------------------------------------------------------- argument checks
 
 
-def _activations(name: str, activation: str | None, output_activation: str | None,
+def checked_activations(name: str, activation: str | None, output_activation: str | None,
                  negative_slope: float) -> Activations:
     _check_activation(name, activation, negative_slope)
     _check_activation(name, output_activation, negative_slope)
@@ -331,7 +331,7 @@ def _check_activation(name: str, activation: str | None, negative_slope: float) 
                          "handgrad.functional.leaky_relu for a negative slope)")
 
 
-def _check_layers(name: str, input: torch.Tensor, weights: Sequence[torch.Tensor],
+def check_layers(name: str, input: torch.Tensor, weights: Sequence[torch.Tensor],
                   biases: Sequence[torch.Tensor | None]) -> None:
     """Raise unless each weight (D_l, D_{l-1}) takes the width below it (the input's last
     dimension for the first) and each bias is None or (D_l,). Messages are built only on error."""

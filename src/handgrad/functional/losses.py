@@ -149,7 +149,7 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, reduction: str = "m
     num_classes = input.shape[1]
     # The range check reads the target's values: a data-dependent branch that would break a torch.compile
     # graph, so compiled code skips it (gather still raises for an index out of range), and that on a GPU
-    # would make every step wait for the device, so CUDA skips it too: there, as with torch's own
+    # would make every step wait for the device, so only the CPU runs it: on CUDA, as with torch's own
     # cross_entropy, an index out of range stops the program with a device-side assert in gather.
     if target.numel() and target.device.type == "cpu" and not torch.compiler.is_compiling():
         low, high = torch.aminmax(target)

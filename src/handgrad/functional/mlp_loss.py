@@ -20,7 +20,7 @@ import torch
 from torch.autograd import Function
 
 from handgrad.functional.function import Autocast, combined_forward
-from handgrad.functional.fused import (Activations, _activations, _check_layers, as_cost_operand, backpropagate,
+from handgrad.functional.fused import (Activations, checked_activations, check_layers, as_cost_operand, backpropagate,
                                        forward_layers, save_layers, saved_layers)
 
 # --------------------------------------------------------------------------- the cost
@@ -153,8 +153,8 @@ def mlp_loss_and_grads(input: torch.Tensor, target: torch.Tensor, weights: Seque
 def _check_mlp_loss_args(name, input, target, weights, biases, activation, output_activation, loss, reduction,
                          negative_slope) -> tuple[Activations, torch.Tensor]:
     """The checks of ``mlp_loss``: (its Activations, the target as int64 indices for cross-entropy)."""
-    activations = _activations(name, activation, output_activation, negative_slope)
-    _check_layers(name, input, weights, biases)
+    activations = checked_activations(name, activation, output_activation, negative_slope)
+    check_layers(name, input, weights, biases)
     if input.dim() != 2:
         raise ValueError(f"{name}: expected an input of shape (N, {weights[0].shape[1]}), got {tuple(input.shape)}; "
                          "flatten it first, e.g. input.flatten(1)")

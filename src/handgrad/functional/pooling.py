@@ -70,7 +70,7 @@ def max_pool_with_indices(input, kernel, stride, padding, dilation, ceil_mode):
                      for size, k, s, p, d in zip(input.shape[2:], kernel, stride, padding, dilation))
     inside = not any(padding) and all((o - 1) * s + d * (k - 1) + 1 <= size for o, s, d, k, size
                                       in zip(out_size, stride, dilation, kernel, input.shape[2:]))
-    if inside and input.device.type == "cpu" and input.shape[2] * input.shape[3] <= 2 ** 24:
+    if inside and input.device.type == "cpu" and input.shape[2] * input.shape[3] <= EXACT_FLOAT32_INDICES:
         return max_pool_windows(input, kernel, stride, dilation, out_size)
     return torch_F.max_pool2d(input, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
 
@@ -84,6 +84,9 @@ def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tenso
     else:  # an input that wins several windows collects them all
         grad_input.scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
     return grad_input.view(n, c, height, width)
+
+
+EXACT_FLOAT32_INDICES = 2 ** 24  # max_pool_windows counts flat indices in float32: exact up to here
 
 
 def max_pool_windows(input, kernel, stride, dilation, out_size):
@@ -114,7 +117,7 @@ def max_pool_windows(input, kernel, stride, dilation, out_size):
         return d_h * i * width + d_w * j
 
     output = views[0].clone(memory_format=torch.contiguous_format)  # m_0
-    offset = torch.zeros(output.shape, dtype=torch.float32, device=input.device)  # exact below 2^24
+    offset = torch.zeros(output.shape, dtype=torch.float32, device=input.device)  # exact to 2^24
     beats = torch.empty_like(offset)
     for t, view in enumerate(views[1:], start=1):
         torch.gt(view, output, out=beats)  # [v_t > m_{t-1}] as 0 / 1: 3x faster on CPU than a bool tensor
@@ -123,7 +126,11 @@ def max_pool_windows(input, kernel, stride, dilation, out_size):
     rows = torch.arange(o_h, dtype=torch.float32, device=input.device) * (s_h * width)
     columns = torch.arange(o_w, dtype=torch.float32, device=input.device) * s_w
     corner = rows.unsqueeze(1) + columns  # (H_out, W_out): the flat index of each window's (0, 0)
-    return output, offset.add_(corner).long()
+    indices = offset.add_(corner).long()
+    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        # torch's kernel keeps a channels-last input's layout in its outputs; so do these
+        output, indices = (t.contiguous(memory_format=torch.channels_last) for t in (output, indices))
+    return output, indices
 
 
 def window_views(x: torch.Tensor, kernel, stride, dilation, out_size) -> list[torch.Tensor]:
@@ -196,7 +203,8 @@ class MaxPool2dReLU(Function):
     either way when its maximum is positive (ReLU leaves positive values alone, and zeroes are
     smaller); when it is not, ReLU's derivative there is 0 and the window sends nothing:
     grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w] * [y[n, c, h, w] > 0]       (N, C, H, W)
-    with [y > 0] = sign(y), as y >= 0 (ReLU's backward). Exactly what autograd gives max_pool2d(relu(x)).
+    with [y > 0] = sign(y), as y >= 0 (ReLU's backward). Exactly what autograd gives max_pool2d(relu(x))
+    for finite upstream gradients (an inf or nan one at a window with y = 0: see ReLU).
 
     Saves the indices and y, a quarter of the size of the ReLU output and indices autograd keeps.
     """
