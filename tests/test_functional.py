@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 import torch.nn.functional as torch_F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,6 +121,35 @@ def test_extreme_magnitudes_stay_finite_and_equal(name, scale, dtype):
     assert torch.isfinite(comparison.output).all()
     assert all(torch.isfinite(g).all() for g in comparison.grads.values())
     comparison.assert_close()
+
+
+class LargestExponent(TorchDispatchMode):
+    """Records the largest number any e^(.) (aten.exp / exp_) is taken of while active, and whether
+    torch's sigmoid kernel ran (it takes e^-x inside, out of this recorder's sight)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.torch_sigmoid = float("-inf"), False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten.exp.default, torch.ops.aten.exp_.default):
+            self.largest = max(self.largest, args[0].max().item())
+        self.torch_sigmoid |= func in (torch.ops.aten.sigmoid.default, torch.ops.aten.sigmoid_.default)
+        return func(*args, **(kwargs or {}))
+
+
+def test_sigmoid_never_exponentiates_a_positive_number():
+    """The per-op Sigmoid and the fused ops' sigmoid, forward and backward, over -1e4 .. 1e4; the
+    textbook 1 / (1 + e^-x) is the control the recorder must catch."""
+    x = torch.linspace(-1e4, 1e4, 201).reshape(67, 3).requires_grad_()
+    w = torch.eye(3).requires_grad_()
+    for run in (lambda: F.sigmoid(x), lambda: F.mlp(x, [w, w], [None, None], "sigmoid", "sigmoid")):
+        with LargestExponent() as recorder:
+            run().sum().backward()
+        assert recorder.largest <= 0 and not recorder.torch_sigmoid
+    with LargestExponent() as control:
+        1 / (1 + torch.exp(-x))
+    assert control.largest == 1e4
 
 
 def test_sigmoid_saturates_without_overflow():

@@ -17,14 +17,20 @@ from handgrad.functional.function import Autocast, combined_forward
 # --------------------------------------------------------------------------- sigmoid
 
 
-def stable_sigmoid(x: torch.Tensor) -> torch.Tensor:
+def stable_sigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """sigma(x) = 1 / (1 + e^-x), evaluated without overflow.
 
-    For x >= 0 use 1 / (1 + e^-x); for x < 0 the equal form e^x / (1 + e^x).
-    Both only ever exponentiate -|x| <= 0, so e^(.) lies in (0, 1] for any finite x.
+    For x >= 0 use 1 / (1 + e^-x); for x < 0 the equal form e^x / (1 + e^x). Both at once,
+    with no branch:
+        sigma(x) = e^min(x, 0) / (1 + e^-|x|)
+    Only numbers <= 0 are exponentiated, so every e^(.) lies in (0, 1] for any finite x; torch's
+    own kernel computes e^-x, which overflows to inf below x = -88 in float32. And no boolean
+    mask: on CPU, ops on bool tensors run several times slower than this arithmetic.
+    ``inplace``: overwrite x (a caller's own temporary) instead of allocating the result.
     """
-    z = torch.exp(-x.abs())  # e^-|x| in (0, 1]
-    return torch.where(x >= 0, 1 / (1 + z), z / (1 + z))
+    denominator = x.abs().neg_().exp_().add_(1)  # 1 + e^-|x|
+    numerator = x.clamp_(max=0) if inplace else x.clamp(max=0)  # min(x, 0)
+    return numerator.exp_().div_(denominator)
 
 
 @combined_forward

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd import Function
 
+from handgrad.functional.activations import stable_sigmoid
 from handgrad.functional.function import Autocast, combined_forward
 
 # --------------------------------------------------------------------------- activations, from their outputs
@@ -43,7 +44,7 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "softmax", None)  # None
 def activate_(z: torch.Tensor, activation: str | None, negative_slope: float) -> torch.Tensor:
     """a = f(z), in place in z where possible (z is the fused op's own temporary, never a user's tensor)."""
     if activation == "sigmoid":
-        return z.sigmoid_()  # torch's sigmoid kernel is the stable one: never exponentiates a positive number
+        return stable_sigmoid(z, inplace=True)  # never exponentiates a positive number
     if activation == "tanh":
         return z.tanh_()
     if activation == "relu":
