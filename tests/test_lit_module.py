@@ -112,7 +112,7 @@ class RecordingLogger(Logger):
     def experiment(self):
         return self  # the Classifier writes histograms to logger.experiment.add_histogram
 
-    def add_histogram(self, tag, values, step) -> None:
+    def add_histogram(self, tag, values, step, bins="tensorflow") -> None:
         self.histograms.append((tag, step, values.detach().clone()))
 
     def log_metrics(self, metrics, step=None) -> None:

