@@ -123,33 +123,39 @@ def test_extreme_magnitudes_stay_finite_and_equal(name, scale, dtype):
     comparison.assert_close()
 
 
-class LargestExponent(TorchDispatchMode):
-    """Records the largest number any e^(.) (aten.exp / exp_) is taken of while active, and whether
-    torch's sigmoid kernel ran (it takes e^-x inside, out of this recorder's sight)."""
+class ExponentRecorder(TorchDispatchMode):
+    """Records the largest number any e^(.) (aten.exp / exp_) is taken of while active, and the smallest
+    input of torch's sigmoid kernel, which takes e^-x inside (out of this recorder's direct sight)."""
 
     def __init__(self):
         super().__init__()
-        self.largest, self.torch_sigmoid = float("-inf"), False
+        self.largest_exp, self.smallest_sigmoid_input = float("-inf"), float("inf")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in (torch.ops.aten.exp.default, torch.ops.aten.exp_.default):
-            self.largest = max(self.largest, args[0].max().item())
-        self.torch_sigmoid |= func in (torch.ops.aten.sigmoid.default, torch.ops.aten.sigmoid_.default)
+            self.largest_exp = max(self.largest_exp, args[0].max().item())
+        if func in (torch.ops.aten.sigmoid.default, torch.ops.aten.sigmoid_.default):
+            self.smallest_sigmoid_input = min(self.smallest_sigmoid_input, args[0].min().item())
         return func(*args, **(kwargs or {}))
 
 
-def test_sigmoid_never_exponentiates_a_positive_number():
-    """The per-op Sigmoid and the fused ops' sigmoid, forward and backward, over -1e4 .. 1e4; the
-    textbook 1 / (1 + e^-x) is the control the recorder must catch."""
+def test_sigmoid_never_overflows():
+    """Over -1e4 .. 1e4, forward and backward: the per-op Sigmoid exponentiates no positive number and
+    calls no torch sigmoid; the fused ops' torch kernel sees no z below -86.3 (e^-z <= e^86.3, finite in
+    float32). The textbook 1 / (1 + e^-x) and torch's sigmoid itself are the controls."""
     x = torch.linspace(-1e4, 1e4, 201).reshape(67, 3).requires_grad_()
     w = torch.eye(3).requires_grad_()
-    for run in (lambda: F.sigmoid(x), lambda: F.mlp(x, [w, w], [None, None], "sigmoid", "sigmoid")):
-        with LargestExponent() as recorder:
-            run().sum().backward()
-        assert recorder.largest <= 0 and not recorder.torch_sigmoid
-    with LargestExponent() as control:
+    with ExponentRecorder() as per_op:
+        F.sigmoid(x).sum().backward()
+    assert per_op.largest_exp <= 0 and per_op.smallest_sigmoid_input == float("inf")
+    with ExponentRecorder() as fused:
+        F.mlp(x, [w, w], [None, None], "sigmoid", "sigmoid").sum().backward()
+    assert fused.largest_exp == float("-inf") and fused.smallest_sigmoid_input >= -86.34
+    assert torch.isfinite(torch.exp(torch.tensor(86.34)))
+    with ExponentRecorder() as control:
         1 / (1 + torch.exp(-x))
-    assert control.largest == 1e4
+        torch.sigmoid(x)
+    assert control.largest_exp == 1e4 and control.smallest_sigmoid_input == -1e4
 
 
 def test_sigmoid_saturates_without_overflow():

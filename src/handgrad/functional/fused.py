@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd import Function
 
-from handgrad.functional.activations import stable_sigmoid
+from handgrad.functional.activations import clamped_sigmoid_
 from handgrad.functional.function import Autocast, combined_forward
 
 # --------------------------------------------------------------------------- activations, from their outputs
@@ -44,7 +44,7 @@ ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "softmax", None)  # None
 def activate_(z: torch.Tensor, activation: str | None, negative_slope: float) -> torch.Tensor:
     """a = f(z), in place in z where possible (z is the fused op's own temporary, never a user's tensor)."""
     if activation == "sigmoid":
-        return stable_sigmoid(z, inplace=True)  # never exponentiates a positive number
+        return clamped_sigmoid_(z)  # torch's kernel on z >= -86 (float32): e^-z never overflows
     if activation == "tanh":
         return z.tanh_()
     if activation == "relu":
