@@ -27,7 +27,7 @@ class Dropout(Function):
 
     @staticmethod
     def forward(input, mask, scale):
-        return input * mask * scale
+        return (input * as_bytes(mask)).mul_(scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -37,7 +37,13 @@ class Dropout(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (mask,) = ctx.saved_tensors
-        return grad_output * mask * ctx.scale, None, None
+        return (grad_output * as_bytes(mask)).mul_(ctx.scale), None, None
+
+
+def as_bytes(mask: torch.Tensor) -> torch.Tensor:
+    """The bool mask's memory read as uint8 0 / 1: multiplying by it is 2x faster on CPU than by the bool
+    tensor itself (whose conversion to the float's dtype is a slow kernel)."""
+    return mask.view(torch.uint8)
 
 
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
