@@ -85,7 +85,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=CONFIGS, help="names under configs/ (default: %(default)s)")
+    names = sorted(path.stem for path in (REPO / "configs").glob("*.yaml"))
+    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=names, metavar="NAME",
+                        help=f"names under configs/, of {', '.join(names)} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--data-root", default="data", help="the folder holding MNIST/raw/")
     args = parser.parse_args(argv)

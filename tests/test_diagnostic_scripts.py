@@ -115,3 +115,9 @@ def test_time_hooks_times_the_hooks_a_callback_defines_and_no_other():
     callback.on_train_end(None, None)  # Lightning's empty hook: left as it is
     assert 0.05 <= seconds["Slow"] < 1
     assert "on_train_start" in vars(callback) and "on_train_end" not in vars(callback)
+
+
+def test_callback_cost_names_an_unknown_config_and_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        callback_cost.main(["--configs", "nope"])
+    assert re.search(r"argument --configs: invalid choice: 'nope' \(choose from .*'mnist_mlp'", capsys.readouterr().err)

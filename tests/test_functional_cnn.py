@@ -362,14 +362,14 @@ def test_conv2d_bad_bias_and_padding():
         F.conv2d(torch.randn(3, 8), torch.randn(6, 3, 3, 3))
 
 
-@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.max_pool2d_relu, F.avg_pool2d])
 def test_pool_kernel_larger_than_padded_input(pool):
     with pytest.raises(ValueError, match=rf"{pool.__name__}: kernel_size=\(6, 6\) with dilation \(1, 1\) spans \(6, 6\), "
                                          r"larger than the input of shape \(1, 2, 3, 9\) padded by \(1, 1\) to \(5, 11\)"):
         pool(torch.randn(1, 2, 3, 9), 6, 1, 1)
 
 
-@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.max_pool2d_relu, F.avg_pool2d])
 def test_pool_padding_at_most_half_the_kernel(pool):
     with pytest.raises(ValueError, match=r"padding=\(2, 2\) must be between 0 and half the kernel's span \(3, 3\)"):
         pool(torch.randn(1, 2, 8, 8), 3, padding=2)

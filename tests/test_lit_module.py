@@ -13,8 +13,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from handgrad.data import ConfigError, DataModule
 from handgrad.lit_module import Classifier
 from handgrad.steps import bare_epoch
-from test_steps import NOT_FUSABLE  # tests/ is on sys.path
-from handgrad.models import MLP
+from test_steps import NOT_FUSABLE, net  # tests/ is on sys.path
 from handgrad.optim import SGD
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,11 +27,6 @@ def trainer(**kwargs) -> L.Trainer:
 
 def spirals(**kwargs) -> DataModule:
     return DataModule(**{"dataset": "spirals", "val_size": 2897, **kwargs})  # 103 training examples
-
-
-def net(seed: int = 0, **kwargs) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(**{"sizes": [2, 16, 3], **kwargs})
 
 
 # --------------------------------------------------------------------------- the loop

@@ -54,8 +54,7 @@ class MaxPool2d(Function):
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(indices)
         ctx.input_shape = input.shape
-        # Windows that cannot share an input (stride >= the kernel's span) send each input one gradient at most.
-        ctx.disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
+        ctx.disjoint = windows_disjoint(kernel_size, stride, dilation)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
@@ -73,6 +72,12 @@ def max_pool_with_indices(input, kernel, stride, padding, dilation, ceil_mode):
     if inside and input.device.type == "cpu" and input.shape[2] * input.shape[3] <= EXACT_FLOAT32_INDICES:
         return max_pool_windows(input, kernel, stride, dilation, out_size)
     return torch_F.max_pool2d(input, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+
+
+def windows_disjoint(kernel, stride, dilation) -> bool:
+    """Whether no two windows share an input (stride >= the kernel's span on both axes): then each
+    input wins one window at most, and to_winners can scatter instead of adding."""
+    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
 
 
 def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tensor:
@@ -223,7 +228,7 @@ class MaxPool2dReLU(Function):
         ctx.mark_non_differentiable(indices)
         ctx.save_for_backward(output, indices)
         ctx.input_shape = input.shape
-        ctx.disjoint = all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel_size, stride, dilation))
+        ctx.disjoint = windows_disjoint(kernel_size, stride, dilation)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
