@@ -72,9 +72,9 @@ import handgrad.nn as hnn
 from handgrad.data import DataModule
 from handgrad.functional.fused import combined_forward, linear_activation, mlp
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
-from handgrad.steps import bare_epoch, fused_steps, sgd_update
 from handgrad.models import MLP
 from handgrad.optim import SGD
+from handgrad.steps import bare_epoch, fused_steps, sgd_update
 
 BACKENDS = ("autograd", "hand", "fused_layers", "fused_mlp", "fused_mlp_loss", "no_autograd", "fused_step")
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ HAND_ACTIVATIONS = {"sigmoid": hnn.Sigmoid, "tanh": hnn.Tanh, "relu": hnn.ReLU, 
 def sequential(sizes, activation, output_activation, linear=torch.nn.Linear, activations=TORCH_ACTIVATIONS):
     """nn.Sequential(Linear, act, Linear, act, ..., Linear[, out_act]): keys '0.weight', '0.bias', '2.weight', ..."""
     layers = []
-    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         f = output_activation if i == len(sizes) - 2 else activation
         layers += [linear(d_in, d_out)] + ([activations[f]()] if f is not None else [])
     return layers
@@ -357,7 +357,8 @@ def time_interleaved(steps: dict[str, Callable[[], object]], repeats: int, chunk
 def summarize(times: dict[str, list[float]], batch: int) -> dict[str, dict]:
     base = times["autograd"]
     return {name: dict(step_us=statistics.median(ts) * 1e6, us_per_example=statistics.median(ts) * 1e6 / batch,
-                       ratio=statistics.median(t / b for t, b in zip(ts, base)), repeats_us=[t * 1e6 for t in ts])
+                       ratio=statistics.median(t / b for t, b in zip(ts, base, strict=True)),
+                       repeats_us=[t * 1e6 for t in ts])
             for name, ts in times.items()}
 
 
@@ -490,73 +491,81 @@ def end_to_end_rows(args) -> list[dict]:
         return []
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.get("threads") or threads_before)  # as train.py sets it from the config
-    train, model, net_args = train_script(), config["model"], config["model"]["net"]["init_args"]
-    results = []
-    for batch, examples in E2E_BATCHES.items():
-        n_train = args.e2e_examples or examples or n_total - config["data"]["val_size"]
-        data = DataModule(**{**data_args, "batch_size": batch, "val_size": n_total - n_train})
-        data.setup("fit")
-        x, y = data.splits["train"]
-        sampler = data.train_dataloader().sampler
-
-        def orders():
-            for epoch in range(args.e2e_epochs):
-                sampler.set_epoch(epoch)
-                yield sampler.permutation()  # the order Lightning's sampler draws for this epoch
-
-        def fresh(backend: str) -> MLP:
-            torch.manual_seed(config["seed_everything"])  # the initial weights of train.py's run
-            return MLP(**net_args, backend=backend)
-
-        trained = {}  # contender -> its network after its latest run
-
-        def run_lightning():
-            classifier, seconds = lightning_epochs(train, batch, data.val_size, args.e2e_epochs, args.data_root,
-                                                   args.clock)
-            trained["lightning"] = classifier.net
-            return seconds
-
-        def run_loop(name: str, backend: str, epoch_fn):
-            net = fresh(backend)
-            optimizer = (torch.optim.SGD if backend == "autograd" else SGD)(
-                net.parameters(), lr=model["lr"], momentum=model["momentum"], weight_decay=model["weight_decay"])
-            seconds, now = [], CLOCKS[args.clock]
-            for order in orders():
-                start = now()
-                epoch_fn(net, optimizer, order)
-                seconds.append(now() - start)
-            trained[name] = net
-            return seconds
-
-        contenders = {
-            "lightning": run_lightning,
-            "plain_torch": lambda: run_loop("plain_torch", "autograd", lambda net, opt, order: plain_torch_epoch(
-                net, opt, x, y, batch, order)),
-            "bare_epoch": lambda: run_loop("bare_epoch", "hand", lambda net, opt, order: bare_epoch(
-                net, opt, x, y, batch, model["loss"], order, fused=True)),
-            "bare_epoch_per_layer": lambda: run_loop("bare_epoch_per_layer", "hand", lambda net, opt, order: bare_epoch(
-                net, opt, x, y, batch, model["loss"], order, fused=False)),
-        }
-        per_example = {name: [] for name in contenders}  # seconds per example, one value per repeat
-        names = list(contenders)
-        for r in range(args.e2e_repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-                seconds = contenders[name]()[1:]  # the first epoch warms up
-                per_example[name].append(statistics.mean(seconds) / n_train)
-            print(f"  end to end b{batch}, repeat {r + 1}/{args.e2e_repeats}: " + ", ".join(
-                f"{name} {ts[-1] * 1e6:.1f}" for name, ts in per_example.items()) + " us/example", file=sys.stderr)
-
-        same = all(torch.equal(p, q) for p, q in zip(trained["lightning"].parameters(),  # after the same epochs
-                                                      trained["bare_epoch"].parameters(), strict=True))
-        for name, ts in per_example.items():
-            results.append(dict(
-                network="nielsen_ch1 784-30-10 sigmoid, mse", batch=batch, examples=n_train, contender=name,
-                what=E2E_CONTENDERS[name], us_per_example=statistics.median(ts) * 1e6,
-                lightning_vs_this=statistics.median(a / b for a, b in zip(per_example["lightning"], ts)),
-                repeats_us_per_example=[t * 1e6 for t in ts], timed_epochs=args.e2e_epochs - 1,
-                threads=torch.get_num_threads(), clock=args.clock,
-                **({"same_weights_as_bare_epoch": same} if name == "lightning" else {})))
+    train = train_script()
+    results = [row for batch, examples in E2E_BATCHES.items()
+               for row in end_to_end_at(args, config, data_args, n_total, train, batch, examples)]
     torch.set_num_threads(threads_before)
+    return results
+
+
+def end_to_end_at(args, config: dict, data_args: dict, n_total: int, train, batch: int, examples: int | None
+                  ) -> list[dict]:
+    """end_to_end_rows at one batch size: a row per contender."""
+    model, net_args = config["model"], config["model"]["net"]["init_args"]
+    results = []
+    n_train = args.e2e_examples or examples or n_total - config["data"]["val_size"]
+    data = DataModule(**{**data_args, "batch_size": batch, "val_size": n_total - n_train})
+    data.setup("fit")
+    x, y = data.splits["train"]
+    sampler = data.train_dataloader().sampler
+
+    def orders():
+        for epoch in range(args.e2e_epochs):
+            sampler.set_epoch(epoch)
+            yield sampler.permutation()  # the order Lightning's sampler draws for this epoch
+
+    def fresh(backend: str) -> MLP:
+        torch.manual_seed(config["seed_everything"])  # the initial weights of train.py's run
+        return MLP(**net_args, backend=backend)
+
+    trained = {}  # contender -> its network after its latest run
+
+    def run_lightning():
+        classifier, seconds = lightning_epochs(train, batch, data.val_size, args.e2e_epochs, args.data_root,
+                                               args.clock)
+        trained["lightning"] = classifier.net
+        return seconds
+
+    def run_loop(name: str, backend: str, epoch_fn):
+        net = fresh(backend)
+        optimizer = (torch.optim.SGD if backend == "autograd" else SGD)(
+            net.parameters(), lr=model["lr"], momentum=model["momentum"], weight_decay=model["weight_decay"])
+        seconds, now = [], CLOCKS[args.clock]
+        for order in orders():
+            start = now()
+            epoch_fn(net, optimizer, order)
+            seconds.append(now() - start)
+        trained[name] = net
+        return seconds
+
+    contenders = {
+        "lightning": run_lightning,
+        "plain_torch": lambda: run_loop("plain_torch", "autograd", lambda net, opt, order: plain_torch_epoch(
+            net, opt, x, y, batch, order)),
+        "bare_epoch": lambda: run_loop("bare_epoch", "hand", lambda net, opt, order: bare_epoch(
+            net, opt, x, y, batch, model["loss"], order, fused=True)),
+        "bare_epoch_per_layer": lambda: run_loop("bare_epoch_per_layer", "hand", lambda net, opt, order: bare_epoch(
+            net, opt, x, y, batch, model["loss"], order, fused=False)),
+    }
+    per_example = {name: [] for name in contenders}  # seconds per example, one value per repeat
+    names = list(contenders)
+    for r in range(args.e2e_repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            seconds = contenders[name]()[1:]  # the first epoch warms up
+            per_example[name].append(statistics.mean(seconds) / n_train)
+        print(f"  end to end b{batch}, repeat {r + 1}/{args.e2e_repeats}: " + ", ".join(
+            f"{name} {ts[-1] * 1e6:.1f}" for name, ts in per_example.items()) + " us/example", file=sys.stderr)
+
+    same = all(torch.equal(p, q) for p, q in zip(trained["lightning"].parameters(),  # after the same epochs
+                                                  trained["bare_epoch"].parameters(), strict=True))
+    for name, ts in per_example.items():
+        results.append(dict(
+            network="nielsen_ch1 784-30-10 sigmoid, mse", batch=batch, examples=n_train, contender=name,
+            what=E2E_CONTENDERS[name], us_per_example=statistics.median(ts) * 1e6,
+            lightning_vs_this=statistics.median(a / b for a, b in zip(per_example["lightning"], ts, strict=True)),
+            repeats_us_per_example=[t * 1e6 for t in ts], timed_epochs=args.e2e_epochs - 1,
+            threads=torch.get_num_threads(), clock=args.clock,
+            **({"same_weights_as_bare_epoch": same} if name == "lightning" else {})))
     return results
 
 
@@ -584,7 +593,8 @@ def breakdown(args) -> list[dict]:
 
         def run():
             net.optimizer.zero_grad()
-            for p, g in zip(params, grads):  # put the gradients back for the next call (included in the time)
+            # put the gradients back for the next call (included in the time)
+            for p, g in zip(params, grads, strict=True):
                 p.grad = g
         return run
 
@@ -650,53 +660,60 @@ def pooling_parts(args) -> list[dict]:
 def fused_path_parts(args) -> list[dict]:
     """What one step of Classifier's fused path spends, nielsen_ch1 at batch 10 and 1: the whole step as
     training runs it (steps.fused_steps over a chunk), and its pieces."""
-    from handgrad.functional.mlp_loss import _check_mlp_loss_args
 
     torch.manual_seed(0)
     net = MLP([784, 30, 10], "sigmoid", "sigmoid", init="nielsen_scaled")
     weights, biases = [layer.weight for layer in net.layers], [layer.bias for layer in net.layers]
-    params = [p for w, b in zip(weights, biases) for p in (w, b)]
+    params = [p for w, b in zip(weights, biases, strict=True) for p in (w, b)]
     optimizer = SGD(params, lr=0.01)
     update = sgd_update(optimizer, params)
+    return [row for batch in (10, 1) for row in fused_path_parts_at(args, net, optimizer, update, batch)]
+
+
+def fused_path_parts_at(args, net, optimizer, update, batch: int) -> list[dict]:
+    """fused_path_parts at one batch size."""
+    from handgrad.functional.mlp_loss import _check_mlp_loss_args
+
+    weights, biases = [layer.weight for layer in net.layers], [layer.bias for layer in net.layers]
+    params = [p for w, b in zip(weights, biases, strict=True) for p in (w, b)]
     results = []
-    for batch in (10, 1):
-        steps = 100  # a chunk of 100 mini-batches; every part below is timed per mini-batch
-        x = torch.rand(steps * batch, 784)
-        targets = torch_F.one_hot(torch.randint(10, (steps * batch,)), 10).float()
-        xs, ts = x.split(batch), targets.split(batch)
-        _, _, grads = mlp_loss_and_grads(xs[0], ts[0], weights, biases, "sigmoid", "sigmoid", "mse")
+    steps = 100  # a chunk of 100 mini-batches; every part below is timed per mini-batch
+    x = torch.rand(steps * batch, 784)
+    targets = torch_F.one_hot(torch.randint(10, (steps * batch,)), 10).float()
+    xs, ts = x.split(batch), targets.split(batch)
+    _, _, grads = mlp_loss_and_grads(xs[0], ts[0], weights, biases, "sigmoid", "sigmoid", "mse")
 
-        def each(fn):
-            def run():
-                for x_b, t_b in zip(xs, ts):
-                    fn(x_b, t_b)
-            return run
+    def each(fn):
+        def run():
+            for x_b, t_b in zip(xs, ts, strict=True):
+                fn(x_b, t_b)
+        return run
 
-        def set_grads_and_step(x_b, t_b):
-            for p, g in zip(params, grads):
-                p.grad = g
-            optimizer.step()
+    def set_grads_and_step(x_b, t_b):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        optimizer.step()
 
-        def foreach_update(x_b, t_b):
-            with torch.no_grad():
-                update(grads)
+    def foreach_update(x_b, t_b):
+        with torch.no_grad():
+            update(grads)
 
-        parts = {
-            "fused path: a whole step (steps.fused_steps)": lambda: fused_steps(
-                net, "mse", optimizer, x, targets, batch),
-            "  F.mlp_loss_and_grads": each(lambda x_b, t_b: mlp_loss_and_grads(
-                x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse")),
-            "    its argument checks": each(lambda x_b, t_b: _check_mlp_loss_args(
-                "mlp_loss_and_grads", x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse", "mean", 0.01)),
-            "    torch.no_grad() entered and left": each(lambda x_b, t_b: no_grad_once()),
-            "  SGD update in foreach ops (steps.sgd_update), with no_grad": each(foreach_update),
-            "  instead: set .grad and handgrad.optim.SGD.step()": each(set_grads_and_step),
-            "  cutting the chunk: split and zip": lambda: list(zip(x.split(batch), targets.split(batch))),
-        }
-        for name, ts_ in time_interleaved(parts, args.repeats, args.chunk_ms / 1e3, torch.device("cpu"),
-                                          args.clock).items():
-            results.append(dict(part=f"{name}, batch {batch}", threads=torch.get_num_threads(),
-                                step_us=statistics.median(ts_) * 1e6 / steps))
+    parts = {
+        "fused path: a whole step (steps.fused_steps)": lambda: fused_steps(
+            net, "mse", optimizer, x, targets, batch),
+        "  F.mlp_loss_and_grads": each(lambda x_b, t_b: mlp_loss_and_grads(
+            x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse")),
+        "    its argument checks": each(lambda x_b, t_b: _check_mlp_loss_args(
+            "mlp_loss_and_grads", x_b, t_b, weights, biases, "sigmoid", "sigmoid", "mse", "mean", 0.01)),
+        "    torch.no_grad() entered and left": each(lambda x_b, t_b: no_grad_once()),
+        "  SGD update in foreach ops (steps.sgd_update), with no_grad": each(foreach_update),
+        "  instead: set .grad and handgrad.optim.SGD.step()": each(set_grads_and_step),
+        "  cutting the chunk: split and zip": lambda: list(zip(x.split(batch), targets.split(batch), strict=True)),
+    }
+    for name, ts_ in time_interleaved(parts, args.repeats, args.chunk_ms / 1e3, torch.device("cpu"),
+                                      args.clock).items():
+        results.append(dict(part=f"{name}, batch {batch}", threads=torch.get_num_threads(),
+                            step_us=statistics.median(ts_) * 1e6 / steps))
     return results
 
 

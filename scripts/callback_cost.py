@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -45,13 +46,18 @@ def time_hooks(callback: L.Callback, seconds: dict[str, float]) -> None:
         if getattr(type(callback), hook) is getattr(L.Callback, hook):
             continue  # not defined by this callback: Lightning's empty hook
 
-        def timed(*args, _hook=getattr(callback, hook), **kwargs):
-            start = time.perf_counter()
-            try:
-                return _hook(*args, **kwargs)
-            finally:
-                seconds[name] += time.perf_counter() - start
-        setattr(callback, hook, timed)
+        setattr(callback, hook, timed_call(getattr(callback, hook), seconds, name))
+
+
+def timed_call(hook: Callable, seconds: dict[str, float], name: str) -> Callable:
+    """``hook`` that adds the time each call takes to seconds[name]."""
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - start
+    return timed
 
 
 def measure(train, config: str, epochs: int, data_root: str) -> dict:

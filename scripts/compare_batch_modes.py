@@ -54,9 +54,9 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from handgrad.callbacks import fresh_run  # noqa: E402
 from handgrad.data import DataModule, spirals  # noqa: E402
-from handgrad.steps import loss_function  # noqa: E402
 from handgrad.models import MLP  # noqa: E402
 from handgrad.optim import SGD  # noqa: E402
+from handgrad.steps import loss_function  # noqa: E402
 
 
 @dataclass

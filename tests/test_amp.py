@@ -150,7 +150,7 @@ def test_casting_groups_equal_torch_amp_custom_fwd_and_custom_bwd_bit_for_bit(fu
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)  # MSELoss also returns x - t for its backward
         outputs[0].backward(torch.ones_like(outputs[0]))
         runs.append((*outputs, *[a.grad for a in copies if isinstance(a, torch.Tensor)]))
-    for ours, theirs in zip(*runs):
+    for ours, theirs in zip(*runs, strict=True):
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
 
 
@@ -179,7 +179,7 @@ def test_backward_inside_the_autocast_region_gives_the_same_gradients():
         if not backward_inside:
             loss.backward()
         grads.append([v.grad for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad])
-    for outside, inside in zip(*grads):
+    for outside, inside in zip(*grads, strict=True):
         torch.testing.assert_close(inside, outside, **BF16)
 
 
@@ -231,7 +231,7 @@ def assert_trains_like_its_twin(kind: str, device: str, dtype: torch.dtype, step
     assert all(loss.dtype == torch.float32 for loss in losses)  # cross-entropy runs in float32 under autocast
     torch.testing.assert_close(torch.stack(losses), torch.stack(expected), **tolerances)
     assert expected[-1] < expected[0]  # it learns: the comparison is not of two stalled runs
-    for (name, value), expected_value in zip(hand.state_dict().items(), twin.state_dict().values()):
+    for (name, value), expected_value in zip(hand.state_dict().items(), twin.state_dict().values(), strict=True):
         assert value.dtype == expected_value.dtype, name  # parameters and statistics stay float32
         torch.testing.assert_close(value, expected_value, msg=lambda m, name=name: f"{name}: {m}", **tolerances)
 
@@ -260,12 +260,12 @@ class TinyClassifier(L.LightningModule):
 
 def test_lightning_bf16_mixed_trains_like_its_torch_twin():
     hand, twin = twin_networks("convnet")
-    x, target = (torch.cat(parts) for parts in zip(*batches("convnet", steps=4)))
+    x, target = (torch.cat(parts) for parts in zip(*batches("convnet", steps=4), strict=True))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, target), batch_size=16)
     systems = [TinyClassifier(hand, hnn.CrossEntropyLoss()), TinyClassifier(twin, torch.nn.CrossEntropyLoss())]
     for system in systems:
         L.Trainer(accelerator="cpu", precision="bf16-mixed", max_epochs=2, logger=False, enable_checkpointing=False,
                   enable_progress_bar=False, enable_model_summary=False).fit(system, loader)
     assert systems[0].logit_dtypes == systems[1].logit_dtypes == {torch.bfloat16}  # the forward ran under autocast
-    for (name, value), expected in zip(hand.state_dict().items(), twin.state_dict().values()):
+    for (name, value), expected in zip(hand.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(value, expected, msg=lambda m, name=name: f"{name}: {m}", **BF16)

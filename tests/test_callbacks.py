@@ -104,7 +104,7 @@ def test_training_state_is_untouched():
     after_plain = torch.rand(3)
     checked = fit([GradientCheck(every_n_steps=1), GradientFlow(every_n_steps=1)], net(), spirals(), max_epochs=2)
     after_checked = torch.rand(3)
-    for (name, p), q in zip(plain.named_parameters(), checked.lightning_module.net.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), checked.lightning_module.net.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=f"{name} differs when checked")
     torch.testing.assert_close(after_plain, after_checked, rtol=0, atol=0)  # the global random stream too
 

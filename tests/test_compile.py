@@ -19,11 +19,11 @@ import copy
 import pytest
 import torch
 from functorch.compile import make_boxed_func
+from test_amp import BF16  # tests/ is on sys.path under pytest
 from torch._dynamo.backends.common import aot_autograd
 
 import handgrad.functional as F
 import handgrad.nn as hnn
-from test_amp import BF16  # tests/ is on sys.path under pytest
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +106,7 @@ def test_mlp_with_mse_loss_compiles_in_one_graph_and_matches_eager():
 def test_convnet_compiles_in_one_graph_and_matches_eager():
     net = convnet()
     eager, compiled = assert_compiled_matches_eager(lambda: NetStep(copy.deepcopy(net)), parameters, data("convnet"))
-    for (name, buffer), expected in zip(compiled.net.named_buffers(), eager.net.buffers()):
+    for (name, buffer), expected in zip(compiled.net.named_buffers(), eager.net.buffers(), strict=True):
         torch.testing.assert_close(buffer, expected, msg=lambda m, name=name: f"{name}: {m}")  # running statistics
     assert compiled.net[1].num_batches_tracked == 1
 

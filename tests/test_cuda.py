@@ -17,13 +17,21 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
+from test_amp import (  # tests/ is on sys.path
+    BF16,
+    LEAVES,
+    amp_comparison,
+    assert_same_dtypes_and_close,
+    assert_trains_like_its_twin,
+    batches,
+    twin_networks,
+)
+
 import handgrad.functional as F
 import handgrad.nn as hnn
 from handgrad.functional.mlp_loss import mlp_loss_and_grads
 from handgrad.optim import SGD
 from handgrad.verify import OP_CASES, compare, gradcheck, mlp_loss_reference, seeded
-from test_amp import (BF16, LEAVES, amp_comparison, assert_same_dtypes_and_close,  # tests/ is on sys.path
-                      assert_trains_like_its_twin, batches, twin_networks)
 
 # cuDNN picks convolution algorithms at run time and CUDA kernels sum in other orders than the CPU's: a few
 # float32 ulps beyond torch.testing's float32 defaults (rtol 1.3e-6, atol 1e-5). float64 keeps its defaults.
@@ -117,7 +125,7 @@ def test_handgrad_network_trains_on_cuda_as_on_the_cpu(kind):
             losses[device].append(loss.detach())
     torch.testing.assert_close(torch.stack(losses["cuda"]).cpu(), torch.stack(losses["cpu"]))
     assert losses["cpu"][-1] < losses["cpu"][0]
-    for (name, value), expected in zip(on_gpu.state_dict().items(), on_cpu.state_dict().values()):
+    for (name, value), expected in zip(on_gpu.state_dict().items(), on_cpu.state_dict().values(), strict=True):
         assert value.is_cuda
         torch.testing.assert_close(value.cpu(), expected, msg=lambda m, name=name: f"{name}: {m}")
 

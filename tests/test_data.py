@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torchvision
-
 from conftest import REAL_MNIST_ROOT
+
 from handgrad.data import ChunkSampler, ConfigError, DataModule, expected_files
 
 

@@ -20,7 +20,6 @@ import sys
 import lightning as L
 import pytest
 import torch
-
 from test_train import REPO, SPIRALS, train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")

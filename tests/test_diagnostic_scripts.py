@@ -10,11 +10,9 @@ import time
 from collections import defaultdict
 
 import lightning as L
-
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import REPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +55,7 @@ def test_compare_batch_modes_writes_its_png_and_a_run_per_regime(data, tmp_path,
     assert len(runs["stochastic"]) > len(runs["mini-batch"]) > len(runs["full-batch"]) == 3  # start + 2 updates
 
     table = capsys.readouterr().out
-    assert "| full-batch | %d | 0.5 | 2 |" % n in table and "| stochastic | 1 | 0.01 | %d |" % (2 * n) in table
+    assert f"| full-batch | {n} | 0.5 | 2 |" in table and f"| stochastic | 1 | 0.01 | {2 * n} |" in table
 
 
 def test_compare_batch_modes_replaces_its_previous_runs(tmp_path):
@@ -101,7 +99,8 @@ def test_gradient_flow_writes_its_png_and_a_run_per_network(data, tmp_path, mnis
 
 def test_callback_cost_prints_each_callbacks_share_of_a_fit(capsys):
     callback_cost.main(["--configs", "spirals", "--epochs", "1"])  # spirals.yaml: GradientCheck, GradientFlow
-    assert re.search(r"\| spirals \| 1 \| 79 \| [\d.]+ s \| 500 \| [\d.]+% \| [\d.]+% \| off \|", capsys.readouterr().out)
+    row = r"\| spirals \| 1 \| 79 \| [\d.]+ s \| 500 \| [\d.]+% \| [\d.]+% \| off \|"
+    assert re.search(row, capsys.readouterr().out)
 
 
 def test_time_hooks_times_the_hooks_a_callback_defines_and_no_other():

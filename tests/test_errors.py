@@ -18,12 +18,12 @@ import lightning.fabric.accelerators.cuda
 import lightning.pytorch.accelerators.cuda
 import pytest
 import torch
-
 from conftest import write_fake_mnist
+from test_train import NIELSEN, SPIRALS, train
+
 from handgrad.data import ConfigError, DataModule
 from handgrad.lit_module import Classifier, DivergenceError
 from handgrad.models import MLP
-from test_train import NIELSEN, SPIRALS, train
 
 
 @pytest.fixture
@@ -205,7 +205,8 @@ def test_divergence_keeps_the_last_good_checkpoint_to_resume_with_a_smaller_lr(w
     assert all(value.isfinite().all() for value in checkpoint["state_dict"].values())
 
     # Resumed with another learning rate, the run takes it (not the one saved with the optimiser's state).
-    assert train.main(["--config", SPIRALS, "--trainer.max_epochs", "3", "--ckpt_path", "last", "--model.lr", "0.05"]) == 0
+    resumed = ["--config", SPIRALS, "--trainer.max_epochs", "3", "--ckpt_path", "last", "--model.lr", "0.05"]
+    assert train.main(resumed) == 0
     checkpoint = torch.load(workdir / last, weights_only=False)
     assert checkpoint["global_step"] == 3 * 79 and checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.05
 

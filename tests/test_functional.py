@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 import torch.nn.functional as torch_F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import handgrad.functional as F
 from handgrad.verify import OP_CASES, compare, fresh_copies, gradcheck

@@ -54,12 +54,14 @@ def test_conv2d_1x1():
     compare(F.conv2d, torch_F.conv2d, inputs).assert_close()
     assert gradcheck(F.conv2d, inputs)
     strided = dict(input=leaf(inputs["input"].mT.contiguous().mT),
-                   weight=leaf(torch.cat([inputs["weight"], inputs["weight"]], 1).detach()[:, ::2]))  # every other channel
+                   # every other channel
+                   weight=leaf(torch.cat([inputs["weight"], inputs["weight"]], 1).detach()[:, ::2]))
     assert not strided["input"].is_contiguous() and not strided["weight"].is_contiguous()
     compare(F.conv2d, torch_F.conv2d, strided).assert_close()
 
 
-@pytest.mark.parametrize("name", ["conv2d(3x3)", "conv2d(groups=3, no bias)", "max_pool2d(3x3, stride=2, padding=1, odd 7x9)",
+@pytest.mark.parametrize("name", ["conv2d(3x3)", "conv2d(groups=3, no bias)",
+                                  "max_pool2d(3x3, stride=2, padding=1, odd 7x9)",
                                   "max_pool2d(2x2)", "max_pool2d(3x3, stride=1)",
                                   "avg_pool2d(3x3, stride=2, padding=1)", "batch_norm(train, N C H W)"])
 def test_channels_last_inputs(name):
@@ -69,7 +71,8 @@ def test_channels_last_inputs(name):
     compare(case.hand, case.reference, inputs, case.kwargs).assert_close()
 
 
-@pytest.mark.parametrize("name", ["conv2d(stride=2, padding=1, odd 7x8)", "max_pool2d(2x2)", "avg_pool2d(2x2, odd 7x7)"])
+@pytest.mark.parametrize("name", ["conv2d(stride=2, padding=1, odd 7x8)", "max_pool2d(2x2)",
+                                  "avg_pool2d(2x2, odd 7x7)"])
 def test_single_image_is_a_batch_of_one(name):
     case = CASES[name]
     inputs = {n: leaf(v[0]) if n == "input" else v for n, v in case.inputs(torch.float64).items()}
@@ -172,10 +175,12 @@ def conv_configs(draw):
     groups = draw(st.integers(1, 3))
     c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
     kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    stride, dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))), (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-    size = [draw(st.integers(max(1, r - 2 * p), r - 2 * p + 6)) for r, p in zip(reach, padding)]  # kernel fits
+    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    # the kernel fits
+    size = [draw(st.integers(max(1, r - 2 * p), r - 2 * p + 6)) for r, p in zip(reach, padding, strict=True)]
     return dict(n=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out, size=size, kernel=kernel, stride=stride,
                 padding=padding, dilation=dilation, groups=groups, bias=draw(st.booleans()))
 
@@ -188,7 +193,8 @@ def test_conv2d_random_shapes(config, seed):
     inputs = dict(input=torch.randn(c["n"], c["c_in"], *c["size"], dtype=torch.float64, generator=g).requires_grad_(),
                   weight=torch.randn(c["c_out"], c["c_in"] // c["groups"], *c["kernel"], dtype=torch.float64,
                                      generator=g).requires_grad_(),
-                  bias=torch.randn(c["c_out"], dtype=torch.float64, generator=g).requires_grad_() if c["bias"] else None)
+                  bias=(torch.randn(c["c_out"], dtype=torch.float64, generator=g).requires_grad_()
+                        if c["bias"] else None))
     kwargs = {k: c[k] for k in ("stride", "padding", "dilation", "groups")}
     compare(F.conv2d, torch_F.conv2d, inputs, kwargs).assert_close()
 
@@ -199,7 +205,7 @@ def test_pooling_random_shapes(data, seed, op):
     kernel = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
     stride = (data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4)))
     padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel)
-    size = [data.draw(st.integers(max(1, k - 2 * p), k - 2 * p + 7)) for k, p in zip(kernel, padding)]
+    size = [data.draw(st.integers(max(1, k - 2 * p), k - 2 * p + 7)) for k, p in zip(kernel, padding, strict=True)]
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=data.draw(st.booleans()))
     if op == "avg":
         kwargs["count_include_pad"] = data.draw(st.booleans())
@@ -216,7 +222,8 @@ def test_pooling_random_shapes(data, seed, op):
 @pytest.mark.parametrize("momentum", [0.1, 0.5])
 def test_batch_norm_running_statistics_follow_torch(shape, momentum):
     g = torch.Generator().manual_seed(0)
-    stats = {who: (torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)) for who in ("hand", "torch")}
+    stats = {who: (torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+             for who in ("hand", "torch")}
     for _ in range(4):
         x = 3 * torch.randn(shape, dtype=torch.float64, generator=g) + 2
         F.batch_norm(x, *stats["hand"], training=True, momentum=momentum)
@@ -364,8 +371,9 @@ def test_conv2d_bad_bias_and_padding():
 
 @pytest.mark.parametrize("pool", [F.max_pool2d, F.max_pool2d_relu, F.avg_pool2d])
 def test_pool_kernel_larger_than_padded_input(pool):
-    with pytest.raises(ValueError, match=rf"{pool.__name__}: kernel_size=\(6, 6\) with dilation \(1, 1\) spans \(6, 6\), "
-                                         r"larger than the input of shape \(1, 2, 3, 9\) padded by \(1, 1\) to \(5, 11\)"):
+    message = (rf"{pool.__name__}: kernel_size=\(6, 6\) with dilation \(1, 1\) spans \(6, 6\), "
+               r"larger than the input of shape \(1, 2, 3, 9\) padded by \(1, 1\) to \(5, 11\)")
+    with pytest.raises(ValueError, match=message):
         pool(torch.randn(1, 2, 3, 9), 6, 1, 1)
 
 
@@ -392,8 +400,9 @@ def test_batch_norm_needs_more_than_one_value_per_channel():
 
 
 def test_layer_norm_normalized_shape_mismatch():
-    with pytest.raises(ValueError, match=r"normalized_shape \(4, 6\) must equal the last 2 dimension\(s\) of the input, "
-                                         r"but input has shape \(3, 4, 5\)"):
+    message = (r"normalized_shape \(4, 6\) must equal the last 2 dimension\(s\) of the input, "
+               r"but input has shape \(3, 4, 5\)")
+    with pytest.raises(ValueError, match=message):
         F.layer_norm(torch.randn(3, 4, 5), (4, 6))
     with pytest.raises(ValueError, match=r"normalized_shape \(2, 3, 4, 5\) must equal the last 4"):
         F.layer_norm(torch.randn(3, 4, 5), (2, 3, 4, 5))

@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 
 import handgrad.functional as F
 from handgrad.functional.fused import ACTIVATIONS, combined_forward, linear_activation, mlp
-from handgrad.verify import (compare, gradcheck, linear_activation_reference, mlp_by_name, mlp_loss_by_name,
-                             mlp_loss_reference, mlp_reference)
+from handgrad.verify import (
+    compare,
+    gradcheck,
+    linear_activation_reference,
+    mlp_by_name,
+    mlp_loss_by_name,
+    mlp_loss_reference,
+    mlp_reference,
+)
 
 activations = st.sampled_from(ACTIVATIONS)
 
@@ -29,9 +36,9 @@ def mlp_inputs(widths, has_bias, batch_shape=(7,), seed=0, dtype=torch.float64, 
         inputs["target"] = torch.randn(*batch_shape, widths[-1], dtype=dtype, generator=g).requires_grad_()
     elif target == "classes":
         inputs["target"] = torch.randint(widths[-1], batch_shape, generator=g)
-    for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-        inputs[f"weight{l}"] = (torch.randn(d_out, d_in, dtype=dtype, generator=g) * d_in**-0.5).requires_grad_()
-        inputs[f"bias{l}"] = torch.randn(d_out, dtype=dtype, generator=g).requires_grad_() if has_bias[l] else None
+    for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        inputs[f"weight{i}"] = (torch.randn(d_out, d_in, dtype=dtype, generator=g) * d_in**-0.5).requires_grad_()
+        inputs[f"bias{i}"] = torch.randn(d_out, dtype=dtype, generator=g).requires_grad_() if has_bias[i] else None
     return inputs
 
 

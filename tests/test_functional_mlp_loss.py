@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_functional_fused import mlp_inputs, saved_bytes  # tests/ is on sys.path
 
 from handgrad.functional.fused import ACTIVATIONS, mlp
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
 from handgrad.verify import compare, gradcheck, mlp_loss_by_name, mlp_loss_reference
-from test_functional_fused import mlp_inputs, saved_bytes  # tests/ is on sys.path
 
 activations = st.sampled_from(ACTIVATIONS)
 
@@ -85,7 +85,7 @@ def test_mlp_loss_and_grads_equal_autograds_gradients(widths, batch, activation,
     inputs = mlp_inputs(widths, has_bias, (batch,), seed, target="values" if loss == "mse" else "classes")
     kwargs = dict(activation=activation, output_activation=output_activation, loss=loss, reduction=reduction,
                   negative_slope=0.1)
-    params = [inputs[f"{kind}{l}"] for l in range(len(widths) - 1) for kind in ("weight", "bias")]
+    params = [inputs[f"{kind}{i}"] for i in range(len(widths) - 1) for kind in ("weight", "bias")]
 
     expected = mlp_loss_reference(**inputs, **kwargs)
     expected.backward()
@@ -108,7 +108,7 @@ def test_mlp_loss_and_grads_is_mlp_loss_backward_bit_for_bit():
     value.backward()
     value_direct, _, grads = mlp_loss_and_grads(x, t, [w0, w1], [b0, b1], "sigmoid", "sigmoid", "mse")
     assert torch.equal(value_direct, value.detach())
-    assert all(torch.equal(g, p.grad) for g, p in zip(grads, [w0, b0, w1, b1]))
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, [w0, b0, w1, b1], strict=True))
 
 
 # --------------------------------------------------------------------------- errors name the shapes

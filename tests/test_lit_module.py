@@ -9,12 +9,12 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.precision import MixedPrecision
+from test_steps import NOT_FUSABLE, net  # tests/ is on sys.path
 
 from handgrad.data import ConfigError, DataModule
 from handgrad.lit_module import Classifier
-from handgrad.steps import bare_epoch
-from test_steps import NOT_FUSABLE, net  # tests/ is on sys.path
 from handgrad.optim import SGD
+from handgrad.steps import bare_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +45,7 @@ def test_an_epoch_walks_the_same_path_as_the_bare_loop(loss, net_kwargs, momentu
     x, y = data.splits["train"]
     order = data.train_dataloader().sampler.permutation()  # epoch 0's order, as Lightning drew it
     bare_epoch(reference, SGD(reference.parameters(), lr=0.3, momentum=momentum), x, y, 8, loss, order, fused)
-    for (name, p), q in zip(model.net.named_parameters(), reference.parameters()):
+    for (name, p), q in zip(model.net.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=lambda m, name=name: f"{name}: {m}")
 
 
@@ -141,7 +141,8 @@ def test_the_fused_path_trains_like_the_autograd_path_and_the_torch_twin(loss, n
     (fused, _), (layered, _), (twin, _) = runs.values()
     assert (fused.fused_step, layered.fused_step, twin.fused_step) == (True, False, False)
     assert fused.trainer.global_step == layered.trainer.global_step == twin.trainer.global_step == 26
-    for (name, p), q, r in zip(fused.net.named_parameters(), layered.net.parameters(), twin.net.parameters()):
+    for (name, p), q, r in zip(fused.net.named_parameters(), layered.net.parameters(), twin.net.parameters(),
+                               strict=True):
         torch.testing.assert_close(p, q, msg=lambda m, name=name: f"{name}, fused vs autograd path: {m}")
         torch.testing.assert_close(p, r, msg=lambda m, name=name: f"{name}, fused vs torch.nn twin: {m}")
         # p.grad: the last mini-batch's gradient on both paths (histograms and GradientFlow read it)
@@ -152,13 +153,13 @@ def test_the_fused_path_logs_what_the_autograd_path_logs():
     runs = fit_both_ways("mse", dict(output_activation="sigmoid"), 0.0, 0.0)
     (_, fused), (_, layered), _ = runs.values()
     assert [(step, sorted(m)) for step, m in fused.logged] == [(step, sorted(m)) for step, m in layered.logged]
-    for (step, ours), (_, theirs) in zip(fused.logged, layered.logged):
+    for (step, ours), (_, theirs) in zip(fused.logged, layered.logged, strict=True):
         for tag, value in ours.items():
             assert value == pytest.approx(theirs[tag], rel=1e-5, abs=1e-6), f"{tag} at step {step}"
     assert [(tag, step) for tag, step, _ in fused.histograms] == [(tag, step) for tag, step, _ in layered.histograms]
     assert {tag for tag, _, _ in fused.histograms} == {f"{kind}/layers.{i}.{p}" for kind in ("weights", "grads")
                                                        for i in (0, 1) for p in ("weight", "bias")}
-    for (tag, step, ours), (_, _, theirs) in zip(fused.histograms, layered.histograms):
+    for (tag, step, ours), (_, _, theirs) in zip(fused.histograms, layered.histograms, strict=True):
         torch.testing.assert_close(ours, theirs, msg=lambda m, tag=tag, step=step: f"{tag} at {step}: {m}")
 
 

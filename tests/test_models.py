@@ -34,7 +34,7 @@ def test_same_seed_builds_the_same_network_in_both_backends():
     hand = MLP([784, 30, 10], init="nielsen")
     torch.manual_seed(0)
     twin = MLP([784, 30, 10], init="nielsen", backend="autograd")
-    for (name, p), q in zip(hand.named_parameters(), twin.parameters()):
+    for (name, p), q in zip(hand.named_parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q), name
 
 
@@ -59,7 +59,7 @@ def test_outputs_and_every_gradient_match_the_twin(activation, output_activation
         torch_F.mse_loss(output, target).backward()
         outputs.append(output)
     torch.testing.assert_close(outputs[0], outputs[1])
-    for (name, p), q in zip(hand.named_parameters(), twin.parameters()):
+    for (name, p), q in zip(hand.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=lambda m, name=name: f"gradient of {name}: {m}")
 
 
@@ -132,10 +132,11 @@ def test_trains_like_its_twin_parameters_and_buffers(build, shape):
     twin_losses, twin_grads = train_steps(twin, torch_F.cross_entropy, batches)
 
     torch.testing.assert_close(torch.stack(hand_losses), torch.stack(twin_losses))
-    for step, (g_hand, g_twin) in enumerate(zip(hand_grads, twin_grads)):
+    for step, (g_hand, g_twin) in enumerate(zip(hand_grads, twin_grads, strict=True)):
         assert g_hand.keys() == g_twin.keys()
         for name in g_twin:
-            torch.testing.assert_close(g_hand[name], g_twin[name], msg=lambda m, n=name: f"step {step}, grad {n}: {m}")
+            torch.testing.assert_close(g_hand[name], g_twin[name],
+                                       msg=lambda m, n=name, s=step: f"step {s}, grad {n}: {m}")
     hand_state, twin_state = hand.state_dict(), twin.state_dict()
     assert list(hand_state) == list(twin_state)
     assert not any(torch.equal(hand_state[name], p) for name, p in initial.items())  # every parameter moved
@@ -171,8 +172,8 @@ def test_lenet5_architecture():
     assert with_bn["bn2.running_var"].shape == (16,) and with_bn["bn4.running_mean"].shape == (84,)
 
 
-@pytest.mark.parametrize("spec, fused", [(dict(), True), (dict(batch_norm=True), True), (dict(activation="tanh"), False),
-                                         (dict(pool="avg"), False)])
+@pytest.mark.parametrize("spec, fused", [(dict(), True), (dict(batch_norm=True), True),
+                                         (dict(activation="tanh"), False), (dict(pool="avg"), False)])
 def test_lenet5_pools_and_applies_relu_in_one_function(spec, fused):
     """ReLU then max pooling is one F.max_pool2d_relu node in the hand backend (README Performance)."""
     def nodes(net):
@@ -223,7 +224,8 @@ def test_twin_carries_options_weights_dtype_and_mode(net):
 def test_lenet5_names_the_expected_input_shape(shape):
     with pytest.raises(ValueError) as error:
         LeNet5()(torch.zeros(shape))
-    assert str(error.value).startswith(f"LeNet5 expects images of shape (N, 1, 28, 28) (MNIST, Fashion-MNIST), got {shape}")
+    expected = f"LeNet5 expects images of shape (N, 1, 28, 28) (MNIST, Fashion-MNIST), got {shape}"
+    assert str(error.value).startswith(expected)
 
 
 @pytest.mark.parametrize("build, message", [

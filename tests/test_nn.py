@@ -11,7 +11,7 @@ import handgrad.nn as hnn
 
 def mlp(nn, activation: str, sizes=(20, 16, 12, 5)):
     layers = []
-    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for d_in, d_out in zip(sizes[:-1], sizes[1:], strict=True):
         layers.append(nn.Linear(d_in, d_out))
         layers.append(getattr(nn, activation)())
     return torch.nn.Sequential(*layers)

@@ -51,7 +51,8 @@ def run(layer, x: torch.Tensor, grad_output_seed: int = 0):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)  # the same dropout mask for both twins
         output = layer(x)
-    grad_output = torch.randn(output.shape, dtype=output.dtype, generator=torch.Generator().manual_seed(grad_output_seed))
+    generator = torch.Generator().manual_seed(grad_output_seed)
+    grad_output = torch.randn(output.shape, dtype=output.dtype, generator=generator)
     output.backward(grad_output)
     return output.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()}
 
@@ -91,8 +92,9 @@ def test_outputs_and_gradients_match_torch(name, kwargs, shape, mode, dtype):
 
 
 def test_state_dict_moves_both_ways():
-    hand, twin = torch.nn.Sequential(hnn.Conv2d(3, 4, 3), hnn.BatchNorm2d(4), hnn.MaxPool2d(2), hnn.LayerNorm(2)), \
-        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.MaxPool2d(2), torch.nn.LayerNorm(2))
+    hand = torch.nn.Sequential(hnn.Conv2d(3, 4, 3), hnn.BatchNorm2d(4), hnn.MaxPool2d(2), hnn.LayerNorm(2))
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.MaxPool2d(2),
+                               torch.nn.LayerNorm(2))
     x = torch.randn(2, 3, 6, 6)
     for source, target in ((twin, hand), (hand, twin)):
         source.train()(x)  # moves the running statistics away from their init

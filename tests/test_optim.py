@@ -40,7 +40,8 @@ def test_25_steps_equal_torch_sgd(setting):
             opt.step()
         for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=0, msg=lambda m, n=name, s=step: f"step {s}, {n}: {m}")
-    assert any((p != q).any() for p, q in zip(ours.parameters(), network().parameters()))  # it really moved
+    # it really moved
+    assert any((p != q).any() for p, q in zip(ours.parameters(), network().parameters(), strict=True))
 
 
 def test_step_runs_the_closure_and_returns_its_loss():

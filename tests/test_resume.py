@@ -10,7 +10,6 @@ import signal
 import lightning as L
 import pytest
 import torch
-
 from test_train import SPIRALS, events, scalars, train
 
 # 2500 spirals at batch 32: 79 steps an epoch, in 4 chunks of 19-20 steps (chunk_size 640).

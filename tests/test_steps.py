@@ -33,9 +33,10 @@ def test_fused_steps_take_the_autograd_steps(loss, kwargs):
             runs[name] = fused_steps(model, loss, optimizer, x, targets, 8)
         else:
             runs[name] = autograd_steps(model, loss_function(loss), optimizer, x, targets, 8)
-    for got, expected in zip(runs["fused"], runs["general"]):
+    for got, expected in zip(runs["fused"], runs["general"], strict=True):
         assert len(got) == len(expected) == 5
-        torch.testing.assert_close(torch.cat([t.reshape(-1) for t in got]), torch.cat([t.reshape(-1) for t in expected]))
+        torch.testing.assert_close(torch.cat([t.reshape(-1) for t in got]),
+                                   torch.cat([t.reshape(-1) for t in expected]))
     for (name, p), q in zip(fused.named_parameters(), general.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=lambda m, n=name: f"{n}: {m}")
         torch.testing.assert_close(p.grad, q.grad, msg=lambda m, n=name: f"{n}.grad: {m}")
@@ -77,12 +78,12 @@ def test_the_foreach_update_is_sgd_step_bit_for_bit(settings, groups):
     update = sgd_update(ours, foreach)
     for _ in range(5):
         grads = [torch.randn_like(w) for w in weights]
-        for p, g in zip(by_step, grads):
+        for p, g in zip(by_step, grads, strict=True):
             p.grad = g
         reference.step()
         with torch.no_grad():
             update(grads)
-    for p, q in zip(by_step, foreach):
+    for p, q in zip(by_step, foreach, strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=0)
     assert reference.state_dict()["state"].keys() == ours.state_dict()["state"].keys()
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 import torchvision
+from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
 from handgrad.data import DataModule
 from handgrad.lit_module import Classifier
 

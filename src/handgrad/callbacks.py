@@ -34,7 +34,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 import torch
@@ -155,11 +157,11 @@ class GradientCheck(EveryNSteps):
 
     def check(self, trainer, pl_module, batch, steps: int) -> None:
         net = getattr(pl_module, "net", None)
-        if not callable(getattr(net, "twin", None)) or not hasattr(pl_module, "loss"):
+        if net is None or not callable(getattr(net, "twin", None)) or not hasattr(pl_module, "loss"):
             if not self._skipped:
                 self._skipped = True
                 warnings.warn(f"GradientCheck: {type(net).__name__} offers no twin() (an autograd copy of "
-                              "itself) to compare with; gradients are not checked")
+                              "itself) to compare with; gradients are not checked", stacklevel=2)
             return
         hand, twin = self.copies_of(net)
         x, y = last_minibatch(batch, steps)
@@ -185,13 +187,13 @@ class GradientCheck(EveryNSteps):
             warnings.warn(
                 f"GradientCheck at step {trainer.global_step}: the hand-written gradients differ from autograd's "
                 f"(max relative difference above {self.threshold:.0e}) in {listed}. A backward in that layer, or "
-                "in an op between it and the cost, is wrong.", GradientMismatchWarning)
+                "in an op between it and the cost, is wrong.", GradientMismatchWarning, stacklevel=2)
 
     def copies_of(self, net: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
         """A hand-written copy and the autograd twin of ``net``, made once and loaded with its current weights."""
         if self._copies is None or self._copies[0] is not net:
             with torch.random.fork_rng(devices=[]):  # twin() initialises fresh layers: keep training's random stream
-                hand, twin = copy.deepcopy(net), net.twin()
+                hand, twin = copy.deepcopy(net), cast(Callable, net.twin)()
             if self.float64:
                 hand, twin = hand.double(), twin.double()
             self._copies = (net, hand, twin)
@@ -265,9 +267,9 @@ class GradientFlow(EveryNSteps):
         metrics, writer = {}, tensorboard(trainer) if self.histograms else None
         for layer, params in by_layer.items():
             with torch.no_grad():
-                g = torch.cat([p.grad.flatten() for p in params])  # (n,)
+                g = torch.cat([cast(torch.Tensor, p.grad).flatten() for p in params])  # (n,)
                 w = torch.cat([p.flatten() for p in params])  # (n,)
-                step = torch.cat([lr[p] * p.grad.flatten() for p in params])  # (n,) lr * g
+                step = torch.cat([lr[p] * cast(torch.Tensor, p.grad).flatten() for p in params])  # (n,) lr * g
                 metrics[f"grad/{layer}/norm"] = g.norm()
                 metrics[f"update_ratio/{layer}"] = step.norm() / w.norm()
                 if writer is not None:
@@ -311,17 +313,18 @@ class MisclassifiedExamples(L.Callback):
             return
         x, y = (batch.x, batch.y) if isinstance(batch, Chunk) else (batch[0], batch[1])
         with torch.no_grad():
-            for x_part, y_part in zip(x.split(1000), y.split(1000)):  # a few forward passes, not the whole split
+            # a few forward passes, not the whole split
+            for x_part, y_part in zip(x.split(1000), y.split(1000), strict=True):
                 predicted = pl_module(x_part).argmax(1)  # (b,)
                 wrong = (predicted != y_part).nonzero().flatten()[:self.n - len(self.found)]
                 images = as_images(x_part[wrong])
                 if images is None:
                     self._skipped = True
                     warnings.warn(f"MisclassifiedExamples: inputs of shape {tuple(x.shape[1:])} are not images; "
-                                  "skipped")
+                                  "skipped", stacklevel=2)
                     return
                 self.found += [(image, int(p), int(t))
-                               for image, p, t in zip(images.cpu(), predicted[wrong], y_part[wrong])]
+                               for image, p, t in zip(images.cpu(), predicted[wrong], y_part[wrong], strict=True)]
                 if len(self.found) >= self.n:
                     return
 

@@ -30,7 +30,7 @@ import math
 import os
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import lightning as L
 import torch
@@ -58,7 +58,7 @@ class Chunk(NamedTuple):
 
     def minibatches(self):
         """(x, y) views of at most ``batch_size`` rows each; the last may be shorter."""
-        return zip(self.x.split(self.batch_size), self.y.split(self.batch_size))
+        return zip(self.x.split(self.batch_size), self.y.split(self.batch_size), strict=True)
 
 
 class ChunkedTensors(Dataset):
@@ -95,11 +95,12 @@ class ChunkSampler(DistributedSampler):
 
     def __init__(self, n: int, batch_size: int, chunk_size: int, shuffle: bool, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, shard: bool = False):
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        # only len() of the dataset argument is read: a range stands for the n examples
+        super().__init__(cast(Dataset, range(n)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         steps = math.ceil(n / batch_size)
         chunks = math.ceil(steps / max(1, chunk_size // batch_size))
         bounds = [min(n, (i * steps // chunks) * batch_size) for i in range(chunks + 1)] if n else [0]
-        self.slices = list(zip(bounds[:-1], bounds[1:]))  # [start, end) of each chunk
+        self.slices = list(zip(bounds[:-1], bounds[1:], strict=True))  # [start, end) of each chunk
         if shard and num_replicas > 1:  # this rank's part of each chunk; ranks differ by at most one row
             cut = [(start + rank * (end - start) // num_replicas, start + (rank + 1) * (end - start) // num_replicas)
                    for start, end in self.slices]
@@ -125,9 +126,12 @@ class ChunkSampler(DistributedSampler):
         skip = 0
         if self.resume is not None and self.resume[0] == self.epoch:
             skip, self.resume = self.resume[1], None
-        order = self.permutation() if self.shuffle else None
+        if not self.shuffle:
+            yield from (slice(start, end) for start, end in self.slices[skip:])
+            return
+        order = self.permutation()
         for start, end in self.slices[skip:]:
-            yield order[start:end] if self.shuffle else slice(start, end)
+            yield order[start:end]
 
 
 class ChunkLoader(DataLoader):
@@ -142,13 +146,13 @@ class ChunkLoader(DataLoader):
 
     def __init__(self, dataset: ChunkedTensors, sampler: ChunkSampler, chunks_done: Callable[[], int]):
         super().__init__(dataset, sampler=sampler, batch_size=None, generator=torch.Generator())  # see _loader
-        self.chunks_done = chunks_done
+        self.chunk_sampler, self.chunks_done = sampler, chunks_done
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "chunks_done": self.chunks_done()}
+        return {"epoch": self.chunk_sampler.epoch, "chunks_done": self.chunks_done()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume_at(state["epoch"], state["chunks_done"])
+        self.chunk_sampler.resume_at(state["epoch"], state["chunks_done"])
 
 
 def spirals(n_per_class: int, classes: int = 3, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,9 +168,17 @@ def spirals(n_per_class: int, classes: int = 3, noise: float = 0.2, seed: int = 
     return x, y
 
 
+def torchvision_class(dataset: str) -> type[torchvision.datasets.MNIST]:
+    """The torchvision class that reads ``dataset`` (one of the DATASETS read from files)."""
+    cls = DATASETS[dataset]
+    if cls is None:
+        raise ValueError(f"data.dataset={dataset!r} is generated, not read from files")
+    return cls
+
+
 def expected_files(dataset: str, root: str) -> list[str]:
     """Where torchvision looks for ``dataset``: <root>/<ClassName>/raw/<file> for each IDX file."""
-    cls = DATASETS[dataset]
+    cls = torchvision_class(dataset)
     raw = os.path.join(root, cls.__name__, "raw")
     return [os.path.join(raw, os.path.splitext(filename)[0]) for filename, _ in cls.resources]
 
@@ -264,7 +276,7 @@ class DataModule(L.LightningDataModule):
                     f"data.root={root!r} has no {dataset} files and data.download is false: {missing[0]} is missing; "
                     f"torchvision expects {', '.join(expected_files(dataset, root))} (uncompressed IDX files); "
                     "place them there, point --data.root at the folder that holds "
-                    f"{DATASETS[dataset].__name__}/raw/, or pass --data.download true"
+                    f"{torchvision_class(dataset).__name__}/raw/, or pass --data.download true"
                 )
         self.save_hyperparameters()  # TensorBoard's HPARAMS tab shows them beside the model's
         self.dataset, self.root, self.download = dataset, root, download
@@ -286,8 +298,9 @@ class DataModule(L.LightningDataModule):
                 cls(self.root, train=train, download=True)
             except Exception as err:  # no network, a proxy, a bad mirror: all end the same way
                 reason = " ".join(str(err).split())[:200]
+                raw = os.path.join(self.root, cls.__name__, "raw")
                 raise ConfigError(
-                    f"could not download {self.dataset} into {os.path.join(self.root, cls.__name__, 'raw')} ({reason}); "
+                    f"could not download {self.dataset} into {raw} ({reason}); "
                     f"offline, copy {', '.join(os.path.basename(f) for f in expected_files(self.dataset, self.root))} "
                     f"(uncompressed) into that folder by hand, or point --data.root at a folder that holds "
                     f"{cls.__name__}/raw/ and pass --data.download false"
@@ -347,7 +360,7 @@ class DataModule(L.LightningDataModule):
     @property
     def batch_size(self) -> int:
         """Examples per optimiser step ("full" resolved to the training split's size)."""
-        return self.n_train if self.batch_size_arg == "full" else min(self.batch_size_arg, self.n_train)
+        return self.n_train if isinstance(self.batch_size_arg, str) else min(self.batch_size_arg, self.n_train)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -380,4 +393,5 @@ class DataModule(L.LightningDataModule):
 
     def _chunks_trained(self) -> int:
         """How many chunks of the current epoch the trainer has finished (the training loader's state)."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        progress: Any = cast(L.Trainer, self.trainer).fit_loop.epoch_loop.batch_progress.current
+        return progress.processed

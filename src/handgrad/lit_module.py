@@ -28,10 +28,11 @@ several processes; ``steps.bare_epoch`` is the same loop without Lightning.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Literal, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
@@ -40,8 +41,15 @@ from torchmetrics.classification import MulticlassAccuracy
 from handgrad.callbacks import HISTOGRAM_BINS
 from handgrad.data import Chunk, ConfigError
 from handgrad.optim import SGD
-from handgrad.steps import (autograd_steps, fused_step_blocker, fused_steps, loss_function, num_outputs,
-                            sharded_steps, targets_for)
+from handgrad.steps import (
+    autograd_steps,
+    fused_step_blocker,
+    fused_steps,
+    loss_function,
+    num_outputs,
+    sharded_steps,
+    targets_for,
+)
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -140,7 +148,7 @@ class Classifier(L.LightningModule):
     # ----------------------------------------------------------------------- training: the hot loop
 
     def training_step(self, chunk: Chunk, chunk_idx: int) -> None:
-        optimizer = self.optimizers().optimizer  # the raw handgrad SGD: no per-step Lightning hooks
+        optimizer = cast(LightningOptimizer, self.optimizers()).optimizer  # the raw SGD: no per-step Lightning hooks
         x, y = chunk.x, chunk.y
         if self.trainer.max_steps >= 0:  # stop exactly at max_steps, even inside a chunk
             keep = (self.trainer.max_steps - self.global_step) * chunk.batch_size
@@ -155,16 +163,16 @@ class Classifier(L.LightningModule):
                                           self.trainer.global_rank, self.trainer.world_size, scaler)
         else:
             losses, outputs = autograd_steps(self.net, self.cost, optimizer, x, targets, chunk.batch_size, scaler)
-        losses = torch.stack(losses)
-        self._check_divergence(losses)  # one sync a chunk
+        step_losses = torch.stack(losses)
+        self._check_divergence(step_losses)  # one sync a chunk
         if self.trainer.world_size == 1:
             right = (torch.cat(outputs).argmax(1) == y).sum()  # right predictions in the chunk
 
         steps = len(losses)
         self._count_optimizer_steps(steps)
-        self._log_chunk(losses, right, len(y), chunk.batch_size, optimizer)
-        if self.hparams.histogram_every_n_steps:
-            n = self.hparams.histogram_every_n_steps
+        self._log_chunk(step_losses, right, len(y), chunk.batch_size, optimizer)
+        if self.hparams["histogram_every_n_steps"]:
+            n = self.hparams["histogram_every_n_steps"]
             if self.global_step // n != (self.global_step - steps) // n:
                 self._log_histograms()
 
@@ -175,7 +183,7 @@ class Classifier(L.LightningModule):
             why_not = f"precision={self.trainer.precision!r} runs under autocast"  # the fused step is fp32 / fp64 only
         if why_not is None and self.trainer.world_size > 1:
             why_not = f"it trains on {self.trainer.world_size} processes"  # its gradients are never all-reduced
-        if why_not is not None and self.hparams.fused is True:
+        if why_not is not None and self.hparams["fused"] is True:
             raise ConfigError(f"model.fused=true, but {why_not}; use model.fused 'auto' (or false)")
         fused = why_not is None
         if fused != self.fused_step:
@@ -225,7 +233,7 @@ class Classifier(L.LightningModule):
 
     def _log_histograms(self) -> None:
         writer = getattr(self.logger, "experiment", None)
-        if not hasattr(writer, "add_histogram"):  # TensorBoard only
+        if writer is None or not hasattr(writer, "add_histogram"):  # TensorBoard only
             return
         for name, p in self.net.named_parameters():
             writer.add_histogram(f"weights/{name}", p.detach(), self.global_step, bins=HISTOGRAM_BINS)
@@ -273,7 +281,8 @@ class Classifier(L.LightningModule):
         if not isinstance(strategy, DDPStrategy):
             raise ConfigError(f"trainer.strategy={type(strategy).__name__} is not supported on several devices: "
                               "handgrad all-reduces its gradients under DDP only; use --trainer.strategy ddp")
-        strategy.model.require_backward_grad_sync = False
+        # an attribute of DDP's wrapper, which a Module's type does not declare
+        setattr(strategy.model, "require_backward_grad_sync", False)  # noqa: B010
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep torch's random state (dropout's masks) in the checkpoint: Lightning does not save it,
@@ -288,13 +297,13 @@ class Classifier(L.LightningModule):
         (after a divergence) takes it."""
         for state in checkpoint.get("optimizer_states", []):
             for group in state["param_groups"]:
-                group.update(lr=self.hparams.lr, momentum=self.hparams.momentum,
-                             weight_decay=self.hparams.weight_decay)
+                group.update(lr=self.hparams["lr"], momentum=self.hparams["momentum"],
+                             weight_decay=self.hparams["weight_decay"])
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
 
     def configure_optimizers(self) -> SGD:
-        return SGD(self.net.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum,
-                   weight_decay=self.hparams.weight_decay)
+        return SGD(self.net.parameters(), lr=self.hparams["lr"], momentum=self.hparams["momentum"],
+                   weight_decay=self.hparams["weight_decay"])

@@ -22,6 +22,7 @@ Bengio & Haffner, "Gradient-based learning applied to document recognition", Pro
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -111,15 +112,15 @@ class MLP(torch.nn.Module):
         _choice("MLP", "backend", backend, BACKENDS)
         _choice("MLP", "init", init, INITS)
         _check_dropout("MLP", dropout)
-        self.spec = dict(sizes=list(sizes), activation=activation, output_activation=output_activation, init=init,
-                         batch_norm=batch_norm, dropout=dropout)
+        self.spec: dict[str, Any] = dict(sizes=list(sizes), activation=activation, output_activation=output_activation,
+                                         init=init, batch_norm=batch_norm, dropout=dropout)
         self.backend = backend
 
         nn = BACKENDS[backend]
         hidden = sizes[1:-1]
         self.layers = torch.nn.ModuleList(
             nn.Linear(d_in, d_out, bias=not (batch_norm and i < len(hidden)))
-            for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])))
+            for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)))
         self.norms = torch.nn.ModuleList(nn.BatchNorm1d(d) for d in hidden) if batch_norm else None
         self.activation = make_activation(activation, backend)
         self.dropout = make_dropout(dropout, backend)
@@ -130,7 +131,7 @@ class MLP(torch.nn.Module):
     @torch.no_grad()
     def reset_parameters_nielsen(self, scaled: bool = False) -> None:
         """Weights ~ N(0, 1) (or N(0, 1/fan_in) if ``scaled``), biases ~ N(0, 1); layer by layer, weight first."""
-        for layer in self.layers:
+        for layer in self.linears:
             layer.weight.normal_(0.0, layer.in_features**-0.5 if scaled else 1.0)
             if layer.bias is not None:
                 layer.bias.normal_()
@@ -144,6 +145,11 @@ class MLP(torch.nn.Module):
                 z = self.norms[i](z)  # (N, d_out)
             x = self.dropout(self.activation(z))  # (N, d_out)
         return self.output_activation(last(x))  # (N, sizes[-1])
+
+    @property
+    def linears(self) -> list[torch.nn.Linear]:
+        """The fully connected layers, input side first."""
+        return cast(list[torch.nn.Linear], list(self.layers))
 
     def twin(self, backend: str = "autograd") -> MLP:
         """The same network (weights, buffers, dtype, device, train/eval mode) built by ``backend``
@@ -203,7 +209,7 @@ class LeNet5(torch.nn.Module):
         _choice("LeNet5", "pool", pool, POOLS)
         _choice("LeNet5", "backend", backend, BACKENDS)
         _check_dropout("LeNet5", dropout)
-        self.spec = dict(activation=activation, pool=pool, batch_norm=batch_norm, dropout=dropout)
+        self.spec: dict[str, Any] = dict(activation=activation, pool=pool, batch_norm=batch_norm, dropout=dropout)
         self.backend = backend
 
         nn, bias = BACKENDS[backend], not batch_norm
@@ -250,7 +256,10 @@ class LeNet5(torch.nn.Module):
         return f"backend={self.backend!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
 
 
-def _twin(net: torch.nn.Module, other: torch.nn.Module) -> torch.nn.Module:
+Net = TypeVar("Net", bound=torch.nn.Module)
+
+
+def _twin(net: torch.nn.Module, other: Net) -> Net:
     """``other`` moved to ``net``'s dtype and device, then loaded with its state_dict and set to its mode."""
     other.to(next(net.parameters()))  # first, so float64 weights are copied without a float32 round trip
     other.load_state_dict(net.state_dict())

@@ -136,7 +136,7 @@ class Dropout(torch.nn.Dropout):
         return F.dropout(input, self.p, self.training)
 
 
-class _BatchNormForward:
+class _BatchNormForward(torch.nn.modules.batchnorm._BatchNorm):
     """torch.nn.modules.batchnorm._BatchNorm.forward, calling the hand-written batch_norm.
 
     In training with tracked statistics, num_batches_tracked counts the batches, and momentum=None

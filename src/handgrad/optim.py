@@ -13,6 +13,7 @@ same path (tests check 20+ steps of each setting):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import overload
 
 import torch
 
@@ -48,8 +49,14 @@ class SGD(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
         super().__init__(params, defaults)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -62,7 +69,10 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
+
+def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: Tensors) -> None:
     """One SGD update of ``params`` with ``grads`` as their gradients, in place, for one param group
     (its lr, momentum, dampening, weight_decay, nesterov). Momentum buffers live in ``state[w]``
     (the optimiser's state, so checkpoints hold them). Each line is one line of the formula above,
@@ -76,10 +86,10 @@ def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: list[torch.
     if momentum != 0:
         has_buffer = ["momentum_buffer" in state[w] for w in params]
         if any(has_buffer):  # b <- momentum * b + (1 - dampening) * g
-            buffers = [state[w]["momentum_buffer"] for w, h in zip(params, has_buffer) if h]
+            buffers = [state[w]["momentum_buffer"] for w, h in zip(params, has_buffer, strict=True) if h]
             torch._foreach_mul_(buffers, momentum)
-            torch._foreach_add_(buffers, [g for g, h in zip(grads, has_buffer) if h], alpha=1 - dampening)
-        for w, g, h in zip(params, grads, has_buffer):
+            torch._foreach_add_(buffers, [g for g, h in zip(grads, has_buffer, strict=True) if h], alpha=1 - dampening)
+        for w, g, h in zip(params, grads, has_buffer, strict=True):
             if not h:  # the first step: b = g
                 state[w]["momentum_buffer"] = g.clone()
         buffers = [state[w]["momentum_buffer"] for w in params]

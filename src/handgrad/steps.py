@@ -23,7 +23,7 @@ time it against.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as torch_F
@@ -75,7 +75,7 @@ def autograd_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer,
     ``scaler`` (float16 autocast, Lightning's "16-mixed"), backward from the scaled loss and
     ``step_with_scaler``. Returns each step's loss and output (detached), for the chunk's metrics."""
     losses, outputs = [], []
-    for x_b, t_b in zip(x.split(batch_size), targets.split(batch_size)):
+    for x_b, t_b in zip(x.split(batch_size), targets.split(batch_size), strict=True):
         output = net(x_b)  # (b, C)
         loss = cost(output, t_b)  # ()
         optimizer.zero_grad()
@@ -87,21 +87,22 @@ def autograd_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def fused_steps(net: MLP, loss: str, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
-                batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def fused_steps(net: torch.nn.Module, loss: str, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                targets: torch.Tensor, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The fused path, for a plain MLP (see ``fused_step_blocker``): per mini-batch, loss and gradients
     by ``fused_step`` (no graph, no engine) and the optimiser's update with those gradients
     (``sgd_update``). Afterwards each p.grad holds the last mini-batch's gradient, as after
     ``autograd_steps``. Returns each step's loss and output, for the chunk's metrics."""
-    step, params = fused_step(net, loss), [p for layer in net.layers for p in (layer.weight, layer.bias)]
+    mlp = cast(MLP, net)  # a plain MLP: fused_step_blocker(net) is None
+    step, params = fused_step(mlp, loss), [p for layer in mlp.linears for p in (layer.weight, layer.bias)]
     update = sgd_update(optimizer, params)
     losses, outputs, grads = [], [], []
-    for x_b, t_b in zip(x.flatten(1).split(batch_size), targets.split(batch_size)):
+    for x_b, t_b in zip(x.flatten(1).split(batch_size), targets.split(batch_size), strict=True):
         value, output, grads = step(x_b, t_b)  # (), (b, C), [grad_W_1, grad_b_1, ...]
         update(grads)
         losses.append(value)
         outputs.append(output)
-    for p, grad in zip(params, grads):
+    for p, grad in zip(params, grads, strict=True):
         p.grad = grad
     return losses, outputs
 
@@ -130,9 +131,9 @@ def fused_step_blocker(net: torch.nn.Module) -> str | None:
     options = [f"{key}={value!r}" for key, value in net.spec.items() if key not in PLAIN_MLP_SPEC and value]
     if options:
         return f"it uses {', '.join(options)}"
-    if any(layer.bias is None for layer in net.layers):
+    if any(layer.bias is None for layer in net.linears):
         return "a layer has no bias"
-    layer_params = [p for layer in net.layers for p in (layer.weight, layer.bias)]
+    layer_params = [p for layer in net.linears for p in (layer.weight, layer.bias)]
     if [id(p) for p in net.parameters()] != [id(p) for p in layer_params] or next(net.buffers(), None) is not None:
         return "it holds parameters or buffers besides its linear layers"
     for key in ("activation", "output_activation"):
@@ -146,7 +147,7 @@ def fused_step(net: MLP, loss: str) -> Callable:
     current weights: ``F.mlp_loss_and_grads``, the hand-written forward and backward of the whole
     network and its cost called without autograd. One mini-batch of the fused path, and what
     handgrad.callbacks.GradientCheck checks against autograd when training takes that path."""
-    weights, biases = [layer.weight for layer in net.layers], [layer.bias for layer in net.layers]
+    weights, biases = [layer.weight for layer in net.linears], [layer.bias for layer in net.linears]
     activation, output_activation = net.spec["activation"], net.spec["output_activation"]
     negative_slope = getattr(net.activation, "negative_slope", 0.01)  # of "leaky_relu"
 
@@ -156,9 +157,10 @@ def fused_step(net: MLP, loss: str) -> Callable:
     return step
 
 
-def fused_gradients(net: MLP, loss: str, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{parameter name: gradient} of one fused step on (x (N, *), target), as training computes it."""
-    _, _, grads = fused_step(net, loss)(x.flatten(1), target)
+def fused_gradients(net: torch.nn.Module, loss: str, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{parameter name: gradient} of one fused step on (x (N, *), target), as training computes it
+    (``net``: a plain MLP, see fused_step_blocker)."""
+    _, _, grads = fused_step(cast(MLP, net), loss)(x.flatten(1), target)
     return {name: grad for (name, _), grad in zip(net.named_parameters(), grads, strict=True)}
 
 
@@ -183,7 +185,7 @@ def sgd_update(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> 
         return update
 
     def update_by_step(grads: list[torch.Tensor]) -> None:
-        for p, grad in zip(params, grads):
+        for p, grad in zip(params, grads, strict=True):
             p.grad = grad
         optimizer.step()
     return update_by_step
@@ -218,7 +220,7 @@ def sharded_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, 
     params = [p for p in net.parameters() if p.requires_grad]
     sizes = [p.numel() for p in params]
     losses, right = [], []
-    for x_b, t_b, y_b in zip(x.split(batch_size), targets.split(batch_size), y.split(batch_size)):
+    for x_b, t_b, y_b in zip(x.split(batch_size), targets.split(batch_size), y.split(batch_size), strict=True):
         n = len(y_b)
         lo, hi = rank * n // ranks, (rank + 1) * n // ranks  # this rank's rows
         optimizer.zero_grad()
@@ -235,7 +237,7 @@ def sharded_steps(net: torch.nn.Module, cost, optimizer: torch.optim.Optimizer, 
         flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1).to(grads[0].dtype)])
         flat = torch.cat([flat.mul_((hi - lo) / n), n_right.reshape(1).to(flat.dtype)])  # (sum(sizes) + 2,)
         torch.distributed.all_reduce(flat)  # sum over the ranks, on the process group Lightning set up
-        for p, grad in zip(params, flat[:-2].split(sizes)):
+        for p, grad in zip(params, flat[:-2].split(sizes), strict=True):
             p.grad = grad.view_as(p)
         step_with_scaler(optimizer, scaler)
         losses.append(flat[-2].clone())

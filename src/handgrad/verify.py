@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as torch_F
@@ -58,18 +59,24 @@ class Comparison:
             if expected is None or actual is None:
                 assert actual is None and expected is None, f"grad of {name!r}: {actual} vs {expected}"
                 continue
-            torch.testing.assert_close(actual, expected, msg=lambda m, name=name: f"gradient of {name!r}: {m}", **tolerances)
+            torch.testing.assert_close(actual, expected, msg=gradient_message(name), **tolerances)
 
     def max_errors(self) -> tuple[float, float]:
         """(max absolute error, max error relative to the reference's largest magnitude) over all gradients."""
         abs_err = rel_err = 0.0
         for name, expected in self.expected_grads.items():
-            if expected is None:
+            actual = self.grads[name]
+            if expected is None or actual is None:
                 continue
-            err = (self.grads[name] - expected).abs().max().item()
+            err = (actual - expected).abs().max().item()
             abs_err = max(abs_err, err)
             rel_err = max(rel_err, err / max(expected.abs().max().item(), torch.finfo(expected.dtype).tiny))
         return abs_err, rel_err
+
+
+def gradient_message(name: str) -> Callable[[str], str]:
+    """assert_close's message for the gradient of input ``name``."""
+    return lambda message: f"gradient of {name!r}: {message}"
 
 
 def fresh_copies(inputs: Inputs) -> Inputs:
@@ -84,7 +91,8 @@ def fresh_copies(inputs: Inputs) -> Inputs:
     return copies
 
 
-def compare(hand: Callable, reference: Callable, inputs: Inputs, kwargs: dict | None = None, seed: int = 0) -> Comparison:
+def compare(hand: Callable, reference: Callable, inputs: Inputs, kwargs: dict | None = None,
+            seed: int = 0) -> Comparison:
     """Run ``hand`` and ``reference`` on copies of ``inputs`` and backpropagate one random upstream gradient."""
     kwargs = kwargs or {}
     runs = []
@@ -110,9 +118,9 @@ def gradcheck(hand: Callable, inputs: Inputs, kwargs: dict | None = None) -> boo
     fixed = {n: v for n, v in inputs.items() if n not in names}
 
     def fn(*tensors):
-        return hand(**dict(zip(names, tensors)), **fixed, **kwargs)
+        return hand(**dict(zip(names, tensors, strict=True)), **fixed, **kwargs)
 
-    return torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names))
+    return torch.autograd.gradcheck(fn, tuple(cast(torch.Tensor, inputs[n]) for n in names))
 
 
 # --------------------------------------------------------------------------- input generators
@@ -253,7 +261,8 @@ CNN_CASES: list[OpCase] = [
     OpCase("avg_pool2d(3x3, stride=2, padding=1, ceil_mode, count_include_pad=False)", F.avg_pool2d,
            torch_F.avg_pool2d, _pool_inputs(2, 3, 8, 8),
            dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
-    OpCase("avg_pool2d((2,3), stride=1, divisor_override=4)", F.avg_pool2d, torch_F.avg_pool2d, _pool_inputs(2, 3, 6, 6),
+    OpCase("avg_pool2d((2,3), stride=1, divisor_override=4)", F.avg_pool2d, torch_F.avg_pool2d,
+           _pool_inputs(2, 3, 6, 6),
            dict(kernel_size=(2, 3), stride=1, divisor_override=4)),
     OpCase("batch_norm(train, N C)", F.batch_norm, torch_F.batch_norm, _norm_inputs(8, 3), dict(training=True)),
     OpCase("batch_norm(train, N C H W)", F.batch_norm, torch_F.batch_norm, _norm_inputs(2, 3, 4, 5),
@@ -301,7 +310,7 @@ def max_pool2d_relu_reference(input, **kwargs):
 def _layers(params: dict) -> tuple[list, list]:
     """weight0, bias0, weight1, ... (keyword arguments, so the table can name each) -> (weights, biases)."""
     depth = len(params) // 2
-    return [params[f"weight{l}"] for l in range(depth)], [params[f"bias{l}"] for l in range(depth)]
+    return [params[f"weight{i}"] for i in range(depth)], [params[f"bias{i}"] for i in range(depth)]
 
 
 def mlp_by_name(input, activation, output_activation=None, negative_slope=0.01, **params):
@@ -314,8 +323,8 @@ def mlp_reference(input, activation, output_activation=None, negative_slope=0.01
     """The same network from plain torch ops, layer by layer."""
     weights, biases = _layers(params)
     a = input
-    for l, (weight, bias) in enumerate(zip(weights, biases)):
-        f = output_activation if l == len(weights) - 1 else activation
+    for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        f = output_activation if i == len(weights) - 1 else activation
         a = TORCH_ACTIVATIONS[f](torch_F.linear(a, weight, bias), negative_slope)
     return a
 
@@ -342,14 +351,14 @@ def _mlp_inputs(*widths: int, bias: bool | list[bool] = True, target: str | None
     has_bias = bias if isinstance(bias, list) else [bias] * (len(widths) - 1)
 
     def make(dtype, g):
-        inputs = dict(input=randn(7, widths[0], dtype=dtype, generator=g))
+        inputs: Inputs = dict(input=randn(7, widths[0], dtype=dtype, generator=g))
         if target == "values":
             inputs["target"] = randn(7, widths[-1], dtype=dtype, generator=g)
         elif target == "classes":
             inputs["target"] = class_indices(7, widths[-1], g)
-        for l, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
-            inputs[f"weight{l}"] = randn(d_out, d_in, dtype=dtype, generator=g, scale=d_in**-0.5)
-            inputs[f"bias{l}"] = randn(d_out, dtype=dtype, generator=g) if has_bias[l] else None
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            inputs[f"weight{i}"] = randn(d_out, d_in, dtype=dtype, generator=g, scale=d_in**-0.5)
+            inputs[f"bias{i}"] = randn(d_out, dtype=dtype, generator=g) if has_bias[i] else None
         return inputs
 
     return make

@@ -11,13 +11,15 @@ CS231n "conv_forward_naive / conv_backward_naive"; torch.nn.functional.conv2d.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as torch_F
 from torch.autograd import Function
 
 from handgrad.functional.function import Autocast, combined_forward
 
-IntPair = int | tuple[int, int]
+IntPair = int | Sequence[int]  # an int for both axes, or one per axis (as torch takes them)
 
 
 def pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
@@ -25,7 +27,7 @@ def pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
     pair_ = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair_) != 2 or not all(isinstance(v, int) for v in pair_):
         raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    return pair_
+    return pair_[0], pair_[1]
 
 
 def output_padding(input_size: int, output_size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -85,7 +87,8 @@ class Conv2d(Function):
             grad_input = torch_F.conv_transpose2d(grad_output, weight, None, s, p, extra, g, d)  # (N, C_in, H, W)
         if ctx.needs_input_grad[1]:
             # Channels of one group become the batch, and the batch becomes the channels of g groups.
-            x_t = input.reshape(n, g, c_group, height, width).permute(2, 1, 0, 3, 4).reshape(c_group, g * n, height, width)
+            x_t = (input.reshape(n, g, c_group, height, width).permute(2, 1, 0, 3, 4)
+                   .reshape(c_group, g * n, height, width))
             grad_y_t = grad_output.transpose(0, 1)  # (C_out, N, H_out, W_out)
             grad_weight = torch_F.conv2d(x_t, grad_y_t, None, d, p, s, g)  # (C_in / g, C_out, >= kH, >= kW)
             grad_weight = grad_weight[:, :, :k_h, :k_w].transpose(0, 1)  # (C_out, C_in / g, kH, kW)
@@ -101,7 +104,7 @@ def _same_padding(kernel: tuple[int, int], stride: tuple[int, int], dilation: tu
     if stride != (1, 1):
         raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride}); "
                          "pass the padding as integers")
-    totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
     if any(total % 2 for total in totals):
         raise NotImplementedError(
             f"conv2d: padding='same' with kernel {kernel} and dilation {dilation} needs uneven padding "
@@ -120,11 +123,13 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if input.dim() != 4:
         raise ValueError(f"conv2d: expected input of shape (N, C_in, H, W) or (C_in, H, W), got {tuple(input.shape)}")
     stride, dilation = pair(stride, "stride", "conv2d"), pair(dilation, "dilation", "conv2d")
-    kernel = tuple(weight.shape[2:])
+    kernel = (weight.shape[2], weight.shape[3])
     if padding == "valid":
         padding = (0, 0)
     elif padding == "same":
         padding = _same_padding(kernel, stride, dilation)
+    elif isinstance(padding, str):
+        raise ValueError(f"conv2d: padding={padding!r} is not 'valid', 'same', an int or a pair of ints")
     padding = pair(padding, "padding", "conv2d")
     if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
         raise ValueError(f"conv2d: need stride >= 1, dilation >= 1 and padding >= 0, got stride={stride}, "
@@ -149,7 +154,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         raise ValueError(f"conv2d: bias of shape {tuple(bias.shape)} does not match weight of shape "
                          f"{tuple(weight.shape)}; expected bias of shape ({c_out},)")
     padded = (height + 2 * padding[0], width + 2 * padding[1])
-    reach = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+    reach = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
     if reach[0] > padded[0] or reach[1] > padded[1]:
         raise ValueError(
             f"conv2d: kernel of size {kernel} with dilation {dilation} spans {reach}, larger than the input of "

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.autograd import Function
@@ -248,7 +249,7 @@ def mlp(input: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[t
     """
     activations = checked_activations("mlp", activation, output_activation, negative_slope)
     check_layers("mlp", input, weights, biases)
-    params = [p for weight, bias in zip(weights, biases) for p in (weight, bias)]
+    params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
     if input.dim() == 2:  # (N, D_0): the common case, without two reshapes
         return MLP.apply(input, activations, *params)[0]
     output, *_hidden = MLP.apply(input.reshape(-1, input.shape[-1]), activations, *params)
@@ -258,13 +259,13 @@ def mlp(input: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[t
 # The three steps MLP and MLPLoss share: the forward sweep, what it stores, the backward sweep.
 
 
-def forward_layers(input: torch.Tensor, params: Sequence[torch.Tensor | None],
+def forward_layers(input: torch.Tensor, params: Sequence[Any],
                    activations: Activations) -> list[torch.Tensor]:
     """[a_1, ..., a_L] for a_0 = x and a_l = f_l(a_{l-1} W_l^T + b_l); params = (W_1, b_1, W_2, b_2, ...)."""
     num_layers = len(params) // 2
     outputs = []
     a = input
-    for l, (weight, bias) in enumerate(zip(params[0::2], params[1::2]), start=1):
+    for l, (weight, bias) in enumerate(zip(params[0::2], params[1::2], strict=True), start=1):
         a = activate_(affine(a, weight, bias), activations.of_layer(l, num_layers), activations.negative_slope)
         outputs.append(a)  # a_l (N, D_l)
     return outputs
@@ -287,7 +288,7 @@ def saved_layers(ctx) -> tuple[list, list, list]:
     return [x, *saved[L:2 * L]], saved[:L], saved[2 * L:]
 
 
-def backpropagate(grad_y: torch.Tensor, a: Sequence[torch.Tensor | None], weights: Sequence[torch.Tensor | None],
+def backpropagate(grad_y: torch.Tensor, a: Sequence[Any], weights: Sequence[Any],
                   activations: Activations, needs_x: bool, needs_params: Sequence[bool]) -> tuple:
     """Nielsen's BP1-BP4 from grad_y = dLoss/dy down to the input (see MLP).
 
@@ -295,7 +296,8 @@ def backpropagate(grad_y: torch.Tensor, a: Sequence[torch.Tensor | None], weight
     Returns (grad_x, grad_W_1, grad_b_1, .., grad_W_L, grad_b_L), None where not needed.
     """
     L = len(weights)
-    grad_weights, grad_biases = [None] * L, [None] * L  # index l - 1 holds layer l's
+    grad_weights: list[torch.Tensor | None] = [None] * L  # index l - 1 holds layer l's
+    grad_biases: list[torch.Tensor | None] = [None] * L
 
     grad_a = grad_y  # dLoss/da_L (N, D_L)
     for l in range(L, 0, -1):  # l = L .. 1
@@ -309,7 +311,7 @@ def backpropagate(grad_y: torch.Tensor, a: Sequence[torch.Tensor | None], weight
             grad_a = delta @ weights[l - 1]  # dLoss/da_{l-1} = delta_l @ W_l (N, D_{l-1})
 
     grad_x = grad_a if needs_x else None  # delta_1 @ W_1
-    return grad_x, *[g for pair in zip(grad_weights, grad_biases) for g in pair]
+    return grad_x, *[g for pair in zip(grad_weights, grad_biases, strict=True) for g in pair]
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -337,22 +339,22 @@ def check_layers(name: str, input: torch.Tensor, weights: Sequence[torch.Tensor]
     """Raise unless each weight (D_l, D_{l-1}) takes the width below it (the input's last
     dimension for the first) and each bias is None or (D_l,). Messages are built only on error."""
     single = name == "linear_activation"  # its arguments are "weight" and "bias", not lists
-    weight_name = (lambda l: "weight") if single else (lambda l: f"weights[{l}]")
-    bias_name = (lambda l: "bias") if single else (lambda l: f"biases[{l}]")
+    weight_name = (lambda i: "weight") if single else (lambda i: f"weights[{i}]")
+    bias_name = (lambda i: "bias") if single else (lambda i: f"biases[{i}]")
     if len(weights) == 0 or len(weights) != len(biases):
         raise ValueError(f"{name}: need one bias (or None) per weight and at least one layer; "
                          f"got {len(weights)} weights and {len(biases)} biases")
     features = input.shape[-1] if input.dim() else 0
-    for l, (weight, bias) in enumerate(zip(weights, biases)):
+    for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
         if weight.dim() != 2:
-            raise ValueError(f"{name}: {weight_name(l)} must be 2-D (out_features, in_features), got shape "
+            raise ValueError(f"{name}: {weight_name(i)} must be 2-D (out_features, in_features), got shape "
                              f"{tuple(weight.shape)}")
         if weight.shape[1] != features:
-            source = (f"the input of shape {tuple(input.shape)}" if l == 0
-                      else f"{weight_name(l - 1)} of shape {tuple(weights[l - 1].shape)}")
-            raise ValueError(f"{name}: {weight_name(l)} of shape {tuple(weight.shape)} expects {weight.shape[1]} "
+            source = (f"the input of shape {tuple(input.shape)}" if i == 0
+                      else f"{weight_name(i - 1)} of shape {tuple(weights[i - 1].shape)}")
+            raise ValueError(f"{name}: {weight_name(i)} of shape {tuple(weight.shape)} expects {weight.shape[1]} "
                              f"input features, but {source} gives {features}")
         if bias is not None and bias.shape != (weight.shape[0],):
-            raise ValueError(f"{name}: {bias_name(l)} of shape {tuple(bias.shape)} does not match "
-                             f"{weight_name(l)} of shape {tuple(weight.shape)}; expected ({weight.shape[0]},)")
+            raise ValueError(f"{name}: {bias_name(i)} of shape {tuple(bias.shape)} does not match "
+                             f"{weight_name(i)} of shape {tuple(weight.shape)}; expected ({weight.shape[0]},)")
         features = weight.shape[0]

@@ -62,10 +62,11 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if weight.dim() != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        features = input.shape[-1] if input.dim() else 0
         raise ValueError(
-            f"linear: input of shape {tuple(input.shape)} has {input.shape[-1] if input.dim() else 0} features "
+            f"linear: input of shape {tuple(input.shape)} has {features} features "
             f"in its last dimension, but weight of shape {tuple(weight.shape)} expects {weight.shape[1]}; "
-            f"reshape the input to (*, {weight.shape[1]}) or build the layer with in_features={input.shape[-1] if input.dim() else 0}"
+            f"reshape the input to (*, {weight.shape[1]}) or build the layer with in_features={features}"
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(

@@ -20,8 +20,16 @@ import torch
 from torch.autograd import Function
 
 from handgrad.functional.function import Autocast, combined_forward
-from handgrad.functional.fused import (Activations, checked_activations, check_layers, as_cost_operand, backpropagate,
-                                       forward_layers, save_layers, saved_layers)
+from handgrad.functional.fused import (
+    Activations,
+    as_cost_operand,
+    backpropagate,
+    check_layers,
+    checked_activations,
+    forward_layers,
+    save_layers,
+    saved_layers,
+)
 
 # --------------------------------------------------------------------------- the cost
 
@@ -118,7 +126,7 @@ def mlp_loss(input: torch.Tensor, target: torch.Tensor, weights: Sequence[torch.
     """
     activations, target = _check_mlp_loss_args("mlp_loss", input, target, weights, biases, activation,
                                                output_activation, loss, reduction, negative_slope)
-    params = [p for weight, bias in zip(weights, biases) for p in (weight, bias)]
+    params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
     value, output, *_ = MLPLoss.apply(input, target, loss, reduction, activations, *params)
     return value, output
 
@@ -138,7 +146,7 @@ def mlp_loss_and_grads(input: torch.Tensor, target: torch.Tensor, weights: Seque
     """
     activations, target = _check_mlp_loss_args("mlp_loss_and_grads", input, target, weights, biases, activation,
                                                output_activation, loss, reduction, negative_slope)
-    params = [p for weight, bias in zip(weights, biases) for p in (weight, bias)]
+    params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
     *hidden, y = forward_layers(input, params, activations)
     value, residual = cost(y, target, loss, reduction)
     grad_y = residual * residual_scale(residual, loss, reduction)  # dL/dy ("mse") or delta_L ("cross_entropy")

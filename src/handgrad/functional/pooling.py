@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as torch_F
 from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
-
 from handgrad.functional.conv import IntPair, pair
+from handgrad.functional.function import Autocast, combined_forward
 
 # --------------------------------------------------------------------------- max_pool2d
 
@@ -66,9 +65,9 @@ def max_pool_with_indices(input, kernel, stride, padding, dilation, ceil_mode):
     """Each window's maximum and the flat index into H * W of its winner: by max_pool_windows on CPU when
     the windows lie inside the input, else by torch's kernel (see MaxPool2d)."""
     out_size = tuple(pooled_size(size, k, s, p, d, ceil_mode)
-                     for size, k, s, p, d in zip(input.shape[2:], kernel, stride, padding, dilation))
+                     for size, k, s, p, d in zip(input.shape[2:], kernel, stride, padding, dilation, strict=True))
     inside = not any(padding) and all((o - 1) * s + d * (k - 1) + 1 <= size for o, s, d, k, size
-                                      in zip(out_size, stride, dilation, kernel, input.shape[2:]))
+                                      in zip(out_size, stride, dilation, kernel, input.shape[2:], strict=True))
     if inside and input.device.type == "cpu" and input.shape[2] * input.shape[3] <= EXACT_FLOAT32_INDICES:
         return max_pool_windows(input, kernel, stride, dilation, out_size)
     return torch_F.max_pool2d(input, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
@@ -77,7 +76,7 @@ def max_pool_with_indices(input, kernel, stride, padding, dilation, ceil_mode):
 def windows_disjoint(kernel, stride, dilation) -> bool:
     """Whether no two windows share an input (stride >= the kernel's span on both axes): then each
     input wins one window at most, and to_winners can scatter instead of adding."""
-    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation, strict=True))
 
 
 def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tensor:
@@ -169,8 +168,8 @@ def _pool_args(op, input, kernel_size, stride, padding, dilation=1):
     if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
         raise ValueError(f"{op}: kernel_size, stride and dilation must be positive, got kernel_size={kernel}, "
                          f"stride={stride}, dilation={dilation}")
-    reach = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
-    if min(padding) < 0 or any(2 * p > r for p, r in zip(padding, reach)):
+    reach = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    if min(padding) < 0 or any(2 * p > r for p, r in zip(padding, reach, strict=True)):
         raise ValueError(f"{op}: padding={padding} must be between 0 and half the kernel's span {reach}, "
                          "so that every window holds at least one input")
     height, width = input.shape[-2:]
