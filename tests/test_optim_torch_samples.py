@@ -14,12 +14,11 @@ import collections
 
 import pytest
 import torch
+import torch.testing._internal.common_optimizers as common_optimizers
 from test_optim_twins import assert_same_state, twins, walk_together
 
 import handgrad.optim
 from handgrad.optim.base import OTHER_IMPLEMENTATIONS
-
-common_optimizers = pytest.importorskip("torch.testing._internal.common_optimizers")
 
 NAMES = ("SGD", "Adam", "AdamW", "RMSprop", "Adadelta", "Adagrad")
 
