@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ import handgrad.functional as F
 import handgrad.nn as hnn
 from handgrad.coverage import HANDGRAD_FUNCTIONS, op_and_kind
 from handgrad.coverage_report import BEFORE, NOT_OBSERVED, OUTSIDE, Counts, CoverageError
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "coverage.md"
 
 
 def batch(n: int = 4, features: int = 6, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,6 +314,16 @@ def test_a_report_without_arithmetic_nodes_has_no_share():
     assert math.isnan(report.share) and report.bookkeeping == 2
     assert str(report).startswith("handgrad.coverage.of: loss.backward() runs 2 nodes: 0 hand-written, 0 autograd, "
                                   "2 bookkeeping; hand-written share -\n")
+
+
+def test_the_doc_page_shows_what_its_examples_print():
+    examples = re.findall(r"```python\n(.*?)```\n\nprints:\n\n```text\n(.*?)```", DOC.read_text(), re.S)
+    assert len(examples) == 2
+    for code, shown in examples:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, str(DOC), "exec"), {})
+        assert out.getvalue() == shown
 
 
 # --------------------------------------------------------------------------- misuse
