@@ -1,5 +1,5 @@
 """scripts/compare_batch_modes.py and scripts/gradient_flow.py on small data (their PNGs and TensorBoard
-runs), and scripts/callback_cost.py."""
+runs), handgrad.benchmarks.callback_cost, and every script run with its defaults leaving the tracked files alone."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from handgrad.benchmarks import callback_cost
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -26,7 +28,6 @@ def script(name: str):
 
 
 compare_batch_modes, gradient_flow = script("compare_batch_modes"), script("gradient_flow")
-callback_cost = script("callback_cost")
 
 
 def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
