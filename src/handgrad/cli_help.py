@@ -61,10 +61,14 @@ class BriefSubclasses(DefaultHelpFormatter):
 
 def short_help(parser, args: list[str], config: str) -> str:
     """handgrad's options, each with its value in ``config`` and ``args`` (-h's text)."""
+    in_use = config_label(config, path_too=True)
     try:
-        cfg, note = parser.parse_args([a for a in args if a not in HELP_FLAGS]), ""
+        cfg = parser.parse_args([a for a in args if a not in HELP_FLAGS])
+        about = f"The values shown are those of the config in use, {in_use}, with the options given."
     except (ArgumentError, ValueError) as err:
-        cfg, note = None, f" (It does not parse, so these are the classes' defaults: {' '.join(str(err).split())})"
+        cfg = None
+        about = (f"The config in use, {in_use}, with the options given, does not parse "
+                 f"({' '.join(str(err).split())}), so the values shown are the classes' defaults.")
 
     def value(key: str, default):
         return cfg[key] if cfg is not None and key in cfg else default
@@ -89,8 +93,7 @@ def short_help(parser, args: list[str], config: str) -> str:
     width = min(shutil.get_terminal_size((100, 24)).columns, 100)
     options = sum(1 for action in parser._actions if action.option_strings)
     lines = [f"usage: {parser.prog} [-h] [--help_all] [--config NAME|FILE] [--OPTION VALUE ...]", ""]
-    lines += textwrap.wrap(f"Train a handgrad network, then test it. The values shown are those of the config "
-                           f"in use, {config_label(config, path_too=True)}, with the options given.{note}", width)
+    lines += textwrap.wrap(f"Train a handgrad network, then test it. {about}", width)
     for title, entries in sections:
         lines += ["", f"{title}:"] + [line for option, shown, text in entries
                                       for line in option_lines(option, shown, text, width)]

@@ -51,12 +51,14 @@ class ProgressBar(TQDMProgressBar):
         bar.leave = False  # the summary line reports the test
         return bar
 
-    def on_train_epoch_start(self, trainer, *_) -> None:
-        super().on_train_epoch_start(trainer)
+    def on_train_epoch_start(self, trainer, *_) -> None:  # Lightning's, but epochs from 1 and steps, not chunks
+        bar = self.train_progress_bar
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{epochs}")
-        self.train_progress_bar.total, self.train_progress_bar.unit = self._steps_per_epoch(trainer), "step"
-        _update_n(self.train_progress_bar, self._steps_into_epoch(trainer))  # a resumed run starts mid-epoch
+        bar.unit = "step"
+        bar.set_description(f"Epoch {trainer.current_epoch + 1}{epochs}", refresh=False)
+        bar.reset(total=self._steps_per_epoch(trainer))
+        bar.initial = 0
+        _update_n(bar, self._steps_into_epoch(trainer))  # a resumed run starts mid-epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.train_progress_bar.disable:
