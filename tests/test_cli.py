@@ -36,7 +36,9 @@ def events(run_dir) -> EventAccumulator:
 
 
 def scalars(accumulator: EventAccumulator, tag: str) -> list[tuple[int, float]]:
-    return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    """(step, value) in the order of the steps: a resumed run writes a second event file, and TensorBoard reads
+    the files in the order of their names (time, host, process, a counter), not always the order written."""
+    return sorted(((e.step, e.value) for e in accumulator.Scalars(tag)), key=lambda point: point[0])
 
 
 # --------------------------------------------------------------------------- configs

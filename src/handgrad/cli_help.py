@@ -87,7 +87,7 @@ def short_help(parser, args: list[str], config: str) -> str:
         ("The data, handgrad.data.DataModule", class_options(DataModule, "data", value)),
         ("Lightning's Trainer (a few of its options)",
          [(f"--trainer.{key}", value(f"trainer.{key}", None), text) for key, text in TRAINER_OPTIONS.items()]),
-        ("The best checkpoint, lightning's ModelCheckpoint",
+        ("The best checkpoint, Lightning's ModelCheckpoint",
          [(f"--checkpoint.{key}", value(f"checkpoint.{key}", None), text) for key, text in CHECKPOINT_OPTIONS.items()]),
     ]
     width = min(shutil.get_terminal_size((100, 24)).columns, 100)
