@@ -50,6 +50,16 @@ def write_fake_mnist(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def torch_backend_flags_settable():
+    """Importing torch.testing._internal (for PyTorch's own OpInfo / ModuleInfo / OptimizerInfo samples)
+    calls torch.backends.disable_global_flags(), after which setting e.g. torch.backends.cudnn.deterministic,
+    as Trainer(deterministic=True) does, raises. Torch's own suite wants that; handgrad's tests set such
+    flags, so they are made settable again before each test."""
+    if torch.backends.flags_frozen():
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+
+
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> str:
     """A data root holding a 200-train / 100-test MNIST in torchvision's layout."""

@@ -68,7 +68,6 @@ def test_param_groups_and_state_dict_round_trip():
     opt = SGD([{"params": model[0].parameters(), "lr": 0.5}, {"params": model[2].parameters()}], lr=0.1, momentum=0.9)
     hnn.MSELoss()(model(torch.randn(3, 12)), torch.randn(3, 4)).backward()
     opt.step()
-    restored = SGD(model.parameters(), lr=1.0, momentum=0.9)
     restored = SGD([{"params": model[0].parameters(), "lr": 0.5}, {"params": model[2].parameters()}], lr=0.1,
                    momentum=0.9)
     restored.load_state_dict(opt.state_dict())
