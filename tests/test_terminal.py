@@ -42,6 +42,17 @@ def test_the_bar_counts_optimiser_steps_and_shows_the_loss_and_validation_accura
     assert "v_num" not in "".join(frames)
 
 
+def test_a_run_resumed_mid_epoch_starts_its_bar_where_it_stopped(capsys):
+    bar = ProgressBar()
+    trainer = SimpleNamespace(is_global_zero=True, global_step=130, current_epoch=1, max_epochs=2,
+                              datamodule=SimpleNamespace(steps_per_epoch=79))
+    bar._trainer = trainer  # what Lightning's setup sets
+    bar.on_train_start(trainer, None)  # Lightning calls no on_train_epoch_start for the epoch it resumes in
+    assert (bar.train_progress_bar.desc, bar.train_progress_bar.n, bar.train_progress_bar.total) == (
+        "Epoch 2/2: ", 130 - 79, 79)
+    bar.train_progress_bar.close()
+
+
 def test_the_bar_formats_the_metrics_it_shows():
     metrics = {"train/loss": torch.tensor(0.091534), "val/acc": torch.tensor(0.95237), "train/acc": torch.tensor(0.9)}
     trainer = SimpleNamespace(callback_metrics=metrics)

@@ -51,6 +51,10 @@ class ProgressBar(TQDMProgressBar):
         bar.leave = False  # the summary line reports the test
         return bar
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.on_train_epoch_start(trainer)  # a run resumed mid-epoch skips the epoch's start
+
     def on_train_epoch_start(self, trainer, *_) -> None:  # Lightning's, but epochs from 1 and steps, not chunks
         bar = self.train_progress_bar
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
