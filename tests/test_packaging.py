@@ -3,7 +3,7 @@ fresh virtual environment, and its handgrad-train trains a shipped config from a
 
 The wheel is built without a network (no build isolation when setuptools is at hand) and installed with
 --no-deps --no-index into a venv that reads the test's own site-packages (a .pth file) for torch,
-Lightning and the rest. About 30 s on the 2-core dev machine.
+Lightning and the rest. About 10 s on the 2-core dev machine.
 """
 
 from __future__ import annotations
