@@ -57,7 +57,7 @@ class Conv2d(TwinnedFunction):
     """
 
     autocast = Autocast.LOWER_PRECISION  # as torch's conv2d: x, W, b cast to bf16 / fp16
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: saves x or W only where a gradient needs it, the jvp needs both (R5)
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):

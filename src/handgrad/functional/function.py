@@ -46,7 +46,11 @@ R8  A jvp returns a tensor for every differentiable output (zeros if need be), n
 
 A Function not yet written to these rules sets ``once_differentiable = True``: its first derivatives
 are as before, and create_graph=True or a second torch.func level through it raises an error that names
-it (``first_order``); so does forward-mode AD (``no_jvp``).
+it (``first_order``); so does forward-mode AD (``no_jvp``). Converting one: make its body follow R1-R8,
+add its ``jvp`` (the derivation in the docstring beside the backward's), delete the flag, then delete
+what the tests list as its known failures: the ``first_order(...)`` opt-outs of its rows and its
+``first_order_samples(...)`` entries in handgrad/verify/cases/<family>.py. The tests fail until those
+lists say exactly what still fails (tests/test_transforms.py, tests/test_torch_samples.py).
 
 Reference: PyTorch docs, "Extending PyTorch" and "Extending torch.func with autograd.Function".
 """

@@ -124,7 +124,7 @@ class LinearActivation(TwinnedFunction):
     """
 
     autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16 (as_matmul_operand)
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: under autocast it saves copies made inside, not inputs (R1)
 
     @staticmethod
     def forward(input, weight, bias, activation, negative_slope):
@@ -211,7 +211,7 @@ class MLP(TwinnedFunction):
     """
 
     autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16 (as_matmul_operand)
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: its backward reads the hidden a_l saved non-differentiable (R1)
 
     @staticmethod
     def forward(input, activations, *params):

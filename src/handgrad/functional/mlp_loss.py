@@ -78,7 +78,7 @@ class MLPLoss(TwinnedFunction):
     """
 
     autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16, the cost in float32
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: its backward reads r, y, a_l saved non-differentiable (R1)
 
     @staticmethod
     def forward(input, target, loss, reduction, activations, *params):

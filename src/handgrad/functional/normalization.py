@@ -78,7 +78,7 @@ class BatchNormTrain(TwinnedFunction):
     """
 
     autocast = Autocast.FLOAT32_INSIDE  # as torch's kernels: statistics in float32, y in x's dtype
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: reads mean, var saved non-differentiable (R1); in place (R3)
 
     @staticmethod
     def forward(input, weight, bias, eps):
@@ -138,7 +138,7 @@ class BatchNormEval(TwinnedFunction):
     """
 
     autocast = Autocast.FLOAT32_INSIDE  # as torch's kernels: in float32, y in x's dtype
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: its backward updates x_hat in place (R3); no jvp yet
 
     @staticmethod
     def forward(input, running_mean, running_var, weight, bias, eps):
@@ -239,7 +239,7 @@ class LayerNorm(TwinnedFunction):
     """
 
     autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's layer_norm
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: reads mean, invstd saved non-differentiable (R1); in place (R3)
 
     @staticmethod
     def forward(input, normalized_ndim, weight, bias, eps):

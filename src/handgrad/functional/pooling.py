@@ -40,7 +40,7 @@ class MaxPool2d(TwinnedFunction):
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: saves no input to link to (R4); out= ops defy vmap
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -214,7 +214,7 @@ class MaxPool2dReLU(TwinnedFunction):
     """
 
     autocast = Autocast.INPUT_DTYPE
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: max_pool_windows' out= ops defy vmap; no jvp yet
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -283,7 +283,7 @@ class AvgPool2d(TwinnedFunction):
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
-    once_differentiable = True  # not yet written to rules R1-R8 (function.py): second derivatives refused
+    once_differentiable = True  # first order only: its backward adds into views in place (R3), links nothing (R4)
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
