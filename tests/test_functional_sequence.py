@@ -82,8 +82,8 @@ def test_int32_indices_and_second_derivatives():
      r"padding_idx=4 .* \[-4, 3\]"),
     (lambda: F.embedding(torch.tensor([1, 9]), torch.randn(4, 3)), IndexError, r"index 9 is out of range for 4"),
     (lambda: F.embedding(torch.tensor([-1]), torch.randn(4, 3)), IndexError, r"index -1 is out of range"),
-    (lambda: F.embedding(torch.tensor([1]), torch.randn(4, 3), sparse=True, scale_grad_by_freq=True), ValueError,
-     r"sparse=False or scale_grad_by_freq=False"),
+    (lambda: F.embedding(torch.tensor([1]), torch.randn(4, 3, requires_grad=True), sparse=True,
+                         scale_grad_by_freq=True).sum().backward(), ValueError, r"sparse=False or scale_grad_by_freq"),
 ])
 def test_embedding_errors_name_the_value_and_the_fix(call, error, message):
     with pytest.raises(error, match=message):

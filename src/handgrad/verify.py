@@ -19,7 +19,7 @@ import torch.nn.functional as torch_F
 
 import handgrad.functional as F
 from handgrad.functional.attention import attention
-from handgrad.functional.attention_tiles import BLOCK, draw_seed, dropout_multipliers
+from handgrad.functional.attention_tiles import BLOCK, draw_seed, dropout_multipliers, grouped_heads
 from handgrad.functional.fused import linear_activation, mlp
 from handgrad.functional.mlp_loss import mlp_loss
 
@@ -463,16 +463,21 @@ def seeded_keywords(fn: Callable, seed: int = 0) -> Callable:
     return wrapped
 
 
-def attention_dropout_reference(query, key, value, dropout_p, is_causal=False, scale=None, block=BLOCK):
+def attention_dropout_reference(query, key, value, dropout_p, is_causal=False, scale=None, enable_gqa=False,
+                                block=BLOCK):
     """softmax(Q K^T scale + causal mask) V from torch's ops, dropping exactly the weights the hand-written op
-    drops: its seed is the same draw from the global stream (call both under ``seeded``)."""
+    drops: its seed is the same draw from the global stream (call both under ``seeded_keywords``)."""
+    grouped = False
+    if enable_gqa:  # the hand-written op's grouping, so that the masks have its shape
+        query, key, value, _, grouped = grouped_heads(query, key, value, None)
     L, S = query.size(-2), key.size(-2)
     batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     multipliers = dropout_multipliers(draw_seed(), dropout_p, batch, L, S, query.dtype, is_causal, block)
     scores = query @ key.mT * (1 / math.sqrt(query.size(-1)) if scale is None else scale)
     if is_causal:
         scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), -math.inf)
-    return (torch.softmax(scores, -1) * multipliers.to(query.dtype)) @ value
+    output = (torch.softmax(scores, -1) * multipliers.to(query.dtype)) @ value
+    return output.flatten(-4, -3) if grouped else output
 
 
 SEQUENCE_CASES: list[OpCase] = [

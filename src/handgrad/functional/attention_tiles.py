@@ -81,7 +81,8 @@ class TileDropout:
     """Dropout's multipliers Z = keep / (1 - p), keep ~ Bernoulli(1 - p), one tile at a time.
 
     The masks come from a torch.Generator seeded with ``seed``, in tile order. Forward, backward and jvp
-    walk the same tiles in the same order, so each draws the same masks, and none is kept in between.
+    walk the same tiles in the same order, so each draws the same masks, and none is kept in between. The
+    uniform numbers are float32 whatever the dtype, so a seed drops the same weights in every dtype.
     """
 
     def __init__(self, seed: int, p: float, dtype: torch.dtype, device: torch.device):
@@ -93,7 +94,7 @@ class TileDropout:
         """Z for the next tile, of ``shape``; None without dropout."""
         if self.generator is None:
             return None
-        uniform = torch.rand(shape, generator=self.generator, dtype=self.dtype, device=self.device)
+        uniform = torch.rand(shape, generator=self.generator, dtype=torch.float32, device=self.device)
         return (uniform >= self.p).to(self.dtype) * self.scale
 
     def apply(self, p: torch.Tensor) -> torch.Tensor:

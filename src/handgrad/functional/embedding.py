@@ -44,6 +44,9 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (indices,) = ctx.saved_tensors
+        if ctx.sparse and ctx.scale_grad_by_freq:  # the forward alone is fine, as in torch
+            raise ValueError("embedding: scale_grad_by_freq=True has no sparse gradient (torch refuses the pair in "
+                             "backward too); pass sparse=False or scale_grad_by_freq=False")
         num_embeddings, dim = ctx.weight_shape
         positions = indices.reshape(-1)  # (N,)
         grad_rows = grad_output.reshape(-1, dim)  # (N, D)
@@ -91,7 +94,7 @@ def embedding(input: torch.Tensor, weight: torch.Tensor, padding_idx: int | None
 
     padding_idx (negative counts from the end) gets no gradient. max_norm renormalises the rows used in place
     first (``embedding_renorm_``), as torch does, so the weight changes. sparse=True returns a sparse
-    gradient; with scale_grad_by_freq it is refused, as torch refuses the pair in backward.
+    gradient; with scale_grad_by_freq its backward is refused, as torch refuses the pair there.
     """
     name = "embedding"
     if weight.dim() != 2:
@@ -105,9 +108,6 @@ def embedding(input: torch.Tensor, weight: torch.Tensor, padding_idx: int | None
             raise ValueError(f"{name}: padding_idx={padding_idx} must be within num_embeddings={num_embeddings}, "
                              f"i.e. in [{-num_embeddings}, {num_embeddings - 1}]")
         padding_idx %= num_embeddings
-    if sparse and scale_grad_by_freq:
-        raise ValueError(f"{name}: scale_grad_by_freq=True has no sparse gradient (torch refuses the pair in "
-                         "backward too); pass sparse=False or scale_grad_by_freq=False")
     check_indices(input, num_embeddings)
     if max_norm is not None:
         embedding_renorm_(weight, input, max_norm, norm_type)
