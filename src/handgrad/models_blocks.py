@@ -32,7 +32,8 @@ def composed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
                        scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
     """softmax(Q K^T scale + mask) V from torch's ops, differentiated by autograd: the autograd twin of
     handgrad.functional.scaled_dot_product_attention (torch's documented reference implementation), which
-    keeps the (..., L, S) probabilities for backward. Dropout on the weights uses torch_F.dropout."""
+    keeps the (..., L, S) probabilities for backward. Dropout on the weights uses torch_F.dropout. A row with no
+    key to attend gives nan here (the softmax of all -inf), where torch's kernels and handgrad's give 0."""
     L, S = query.size(-2), key.size(-2)
     if enable_gqa:  # query head h uses key / value head h // (Hq / Hkv)
         key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
@@ -42,7 +43,7 @@ def composed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool, device=scores.device).tril(), -math.inf)
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, -math.inf) if attn_mask.dtype == torch.bool else scores + attn_mask
-    weights = torch.softmax(scores, -1).nan_to_num(0.0)  # a row with no key to attend: 0, as torch's kernels give
+    weights = torch.softmax(scores, -1)  # (..., L, S)
     return torch_F.dropout(weights, dropout_p) @ value if dropout_p > 0 else weights @ value  # (..., L, Ev)
 
 
