@@ -275,6 +275,7 @@ class GELU(Function):
     grad_x = grad_y * dy/dx                   (saves the input x)
     jvp: t_y = t_x * dy/dx
 
+    bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does.
     Finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh form's
     du/dx is evaluated at x clamped to +-10, past which 1 - tanh^2 u is exactly 0 anyway (so x^2 never
     overflows into inf * 0; torch's kernel gives nan there for |x| > 1.8e19 in float32).
@@ -285,10 +286,11 @@ class GELU(Function):
 
     @staticmethod
     def forward(input, approximate):
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
         if approximate == "tanh":
-            inner = SQRT_2_OVER_PI * (input + GELU_CUBIC * input * input * input)
-            return 0.5 * input * (1 + torch.tanh(inner))
-        return input * 0.5 * (1 + torch.erf(input * SQRT_HALF))
+            inner = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)
+            return (0.5 * x * (1 + torch.tanh(inner))).to(input.dtype)
+        return (x * 0.5 * (1 + torch.erf(x * SQRT_HALF))).to(input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -299,16 +301,17 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return grad_output * gelu_derivative(x, ctx.approximate), None
+        return (grad_output * gelu_derivative(x, ctx.approximate)).to(x.dtype), None
 
     @staticmethod
     def jvp(ctx, t_input, _):
         (x,) = ctx.saved_tensors
-        return t_input * gelu_derivative(x, ctx.approximate)
+        return (t_input * gelu_derivative(x, ctx.approximate)).to(x.dtype)
 
 
-def gelu_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    """dy/dx of GELU (its docstring)."""
+def gelu_derivative(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    """dy/dx of GELU (its docstring), in float32 for half-precision inputs, as torch's kernel computes it."""
+    x = input.to(torch.promote_types(input.dtype, torch.float32))
     if approximate == "tanh":
         t = torch.tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x))
         x_c = x.clamp(-GELU_TANH_SATURATED, GELU_TANH_SATURATED)

@@ -23,10 +23,13 @@ from handgrad.functional.attention_tiles import (
     BLOCK,
     TileDropout,
     accumulation_dtype,
+    add_tile,
+    concat_tiles,
     draw_seed,
     grouped_heads,
     may_overwrite,
     scores,
+    tangent_scores,
     tiles,
 )
 from handgrad.functional.function import Autocast, combined_forward
@@ -61,7 +64,7 @@ class Attention(Function):
         t_L_i  = sum_j P_ij t_S_ij = c_i
         t_O_i  = sum_j Z_ij (P_ij (t_S_ij - c_i) v_j + P_ij t_v_j) = sum_j P_ij Z_ij (t_S_ij v_j + t_v_j) - c_i O_i
 
-    Saves q, k, v, the mask, O and L; the dropout masks are drawn again from their seed (tiles.TileDropout).
+    Saves q, k, v, the mask, O and L; dropout masks are drawn again from their seed (attention_tiles.TileDropout).
     """
 
     autocast = Autocast.LOWER_PRECISION  # as torch's: q, k, v (and a float mask) in the autocast dtype
@@ -194,33 +197,6 @@ class Attention(Function):
             t_lses.append(c_i + torch.zeros_like(lse[..., i0:i1, None]))
         t_out = torch.cat(t_outs, -2) + torch.zeros_like(out, dtype=acc)  # R8: a tensor even if every term was 0
         return t_out.to(out.dtype), torch.cat(t_lses, -2).squeeze(-1)
-
-
-def tangent_scores(t_qs, t_key, t_mask, qs, k, i0, i1, j0, j1):
-    """t_S of one tile: t_qs_i . k_j + qs_i . t_k_j (qs = scale q) + t_M_ij; None when no input has a tangent."""
-    terms = []
-    if t_qs is not None:
-        terms.append(t_qs[..., i0:i1, :] @ k[..., j0:j1, :].mT)
-    if t_key is not None:
-        terms.append(qs[..., i0:i1, :] @ t_key[..., j0:j1, :].to(qs.dtype).mT)
-    if t_mask is not None:
-        terms.append(t_mask[..., i0:i1, j0:j1].to(qs.dtype))
-    return sum(terms[1:], terms[0]) if terms else None
-
-
-def add_tile(sums: dict, j0: int, tile: torch.Tensor) -> None:
-    """sums[j0] += tile, out of place (several query tiles add into one key tile's gradient)."""
-    sums[j0] = tile if j0 not in sums else sums[j0] + tile
-
-
-def concat_tiles(sums: dict, like: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
-    """The key tiles' gradients side by side, shaped and typed like ``like`` (key or value); zeros for a tile no
-    query reaches (is_causal with fewer queries than keys)."""
-    n = like.size(-2)
-    parts = [sums[j0] if j0 in sums else torch.zeros(*like.shape[:-2], min(j0 + block, n) - j0, like.size(-1),
-                                                     dtype=dtype, device=like.device)
-             for j0 in range(0, n, block)]
-    return (torch.cat(parts, -2) if parts else torch.zeros_like(like)).to(like.dtype)
 
 
 # --------------------------------------------------------------------------- the wrapper

@@ -1,5 +1,6 @@
 """The pieces attention.py's forward, backward and jvp share: which (queries x keys) tiles to compute, the
-masked scores of one tile, dropout masks drawn again from a seed, and grouped-query heads as views.
+masked scores of one tile (and their tangent), the key tiles' gradients summed and put side by side, dropout
+masks drawn again from a seed, and grouped-query heads as views.
 
 Reference: Dao et al., "FlashAttention" (2022), section 3.1 (tiling) and appendix B.2 (dropout masks
 regenerated from the random generator's state instead of stored); Ainslie et al., "GQA: Training
@@ -51,6 +52,33 @@ def scores(q_i: torch.Tensor, k_j: torch.Tensor, mask: torch.Tensor | None, is_c
     if tile.dtype == torch.bool:
         return torch.where(tile, s, NEG_INF)
     return s + tile.to(s.dtype)  # out of place: the mask's leading dims may be wider than the product's
+
+
+def tangent_scores(t_qs, t_key, t_mask, qs, k, i0, i1, j0, j1):
+    """t_S of one tile: t_qs_i . k_j + qs_i . t_k_j (qs = scale q) + t_M_ij; None when no input has a tangent."""
+    terms = []
+    if t_qs is not None:
+        terms.append(t_qs[..., i0:i1, :] @ k[..., j0:j1, :].mT)
+    if t_key is not None:
+        terms.append(qs[..., i0:i1, :] @ t_key[..., j0:j1, :].to(qs.dtype).mT)
+    if t_mask is not None:
+        terms.append(t_mask[..., i0:i1, j0:j1].to(qs.dtype))
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def add_tile(sums: dict, j0: int, tile: torch.Tensor) -> None:
+    """sums[j0] += tile, out of place (several query tiles add into one key tile's gradient)."""
+    sums[j0] = tile if j0 not in sums else sums[j0] + tile
+
+
+def concat_tiles(sums: dict, like: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor:
+    """The key tiles' gradients side by side, shaped and typed like ``like`` (key or value); zeros for a tile no
+    query reaches (is_causal with fewer queries than keys)."""
+    n = like.size(-2)
+    parts = [sums[j0] if j0 in sums else torch.zeros(*like.shape[:-2], min(j0 + block, n) - j0, like.size(-1),
+                                                     dtype=dtype, device=like.device)
+             for j0 in range(0, n, block)]
+    return (torch.cat(parts, -2) if parts else torch.zeros_like(like)).to(like.dtype)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
