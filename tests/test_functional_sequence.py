@@ -225,6 +225,15 @@ def test_attention_second_derivatives_and_forward_ad(kwargs):
     assert torch.autograd.gradgradcheck(fn, tuple(tensors))
 
 
+@pytest.mark.parametrize("L, S", [(0, 4), (3, 0), (0, 0)])
+def test_attention_with_no_queries_or_no_keys_matches_torch(L, S):
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(query=torch.randn(2, L, 4, generator=g, requires_grad=True),
+                  key=torch.randn(2, S, 4, generator=g, requires_grad=True),
+                  value=torch.randn(2, S, 5, generator=g, requires_grad=True))
+    compare(F.scaled_dot_product_attention, torch_F.scaled_dot_product_attention, inputs).assert_close()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_attention_with_large_scores_stays_finite_and_equal(dtype):
     q, k, v = (torch.randn(2, 40, 8, dtype=dtype, requires_grad=True) for _ in range(3))

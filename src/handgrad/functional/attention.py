@@ -158,17 +158,19 @@ class Attention(Function):
                     add_tile(grad_k, j0, (ds.mT @ q_i).sum_to_size(k_j.shape))  # q_i carries the scale
                 if needs_mask:
                     mask_row.append(ds.sum_to_size(*mask.shape[:-2], i1 - i0, j1 - j0))
-            grad_q.append(dq_i * ctx.scale if not isinstance(dq_i, int) else q_i.new_zeros(q_i.shape))
+            if needs_q:  # dq_i is still 0 where the tile met no keys (S = 0)
+                grad_q.append(dq_i * ctx.scale if isinstance(dq_i, torch.Tensor) else torch.zeros_like(q_i))
             mask_rows.append(mask_row)
         grad_query = grad_key = grad_value = grad_mask = None
         if needs_q:
-            grad_query = torch.cat(grad_q, -2).sum_to_size(query.shape).to(query.dtype)
+            grad_query = torch.cat(grad_q, -2).sum_to_size(query.shape).to(query.dtype) if grad_q else query * 0
         if needs_k:
             grad_key = concat_tiles(grad_k, key, ctx.block, acc)
         if needs_v:
             grad_value = concat_tiles(grad_v, value, ctx.block, acc)
         if needs_mask:
-            grad_mask = torch.cat([torch.cat(row, -1) for row in mask_rows], -2).to(mask.dtype)
+            rows = [torch.cat(row, -1) for row in mask_rows if row]
+            grad_mask = torch.cat(rows, -2).to(mask.dtype) if rows and S else mask * 0
         return grad_query, grad_key, grad_value, grad_mask, None, None, None, None, None
 
     @staticmethod
@@ -195,8 +197,9 @@ class Attention(Function):
                     a_i = a_i + pz @ t_value[..., j0:j1, :].to(acc)
             t_outs.append(a_i - c_i * out[..., i0:i1, :].to(acc))
             t_lses.append(c_i + torch.zeros_like(lse[..., i0:i1, None]))
-        t_out = torch.cat(t_outs, -2) + torch.zeros_like(out, dtype=acc)  # R8: a tensor even if every term was 0
-        return t_out.to(out.dtype), torch.cat(t_lses, -2).squeeze(-1)
+        if not t_outs:  # no queries (L = 0)
+            return torch.zeros_like(out), torch.zeros_like(lse)
+        return torch.cat(t_outs, -2).to(out.dtype), torch.cat(t_lses, -2).squeeze(-1)  # R8: tensors, never None
 
 
 # --------------------------------------------------------------------------- the wrapper
