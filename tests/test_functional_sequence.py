@@ -15,7 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import handgrad.functional as F
 from handgrad.functional.attention import attention
 from handgrad.functional.attention_tiles import BLOCK, draw_seed, dropout_multipliers
-from handgrad.verify import DEFINED_GRADIENT_CASES, compare
+from handgrad.verify import compare
+from handgrad.verify.cases.sequence import DEFINED_GRADIENT_CASES
 
 # --------------------------------------------------------------------------- embedding
 

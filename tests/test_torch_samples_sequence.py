@@ -25,7 +25,7 @@ from torch.testing._utils import wrapper_set_seed
 
 import handgrad.functional as F
 import handgrad.nn as hnn
-from handgrad.verify import attention_dropout_reference
+from handgrad.verify.cases.sequence import attention_dropout_reference
 
 OPS = {  # OpInfo name -> handgrad's op, called as torch's OpInfo calls its own
     "nn.functional.embedding": lambda weight, indices, **kwargs: F.embedding(indices, weight, **kwargs),

@@ -4,7 +4,7 @@ Every wrapper has the name, signature and semantics of its torch.nn.functional n
 and every backward is derived by hand in the Function's docstring.
 """
 
-from handgrad.functional.activations import gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
 from handgrad.functional.attention import scaled_dot_product_attention
 from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
@@ -15,6 +15,7 @@ from handgrad.functional.losses import cross_entropy, mse_loss
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
 from handgrad.functional.normalization import batch_norm, layer_norm
 from handgrad.functional.pooling import avg_pool2d, max_pool2d, max_pool2d_relu
+from handgrad.functional.softmax import log_softmax, softmax
 
 __all__ = [
     "avg_pool2d",

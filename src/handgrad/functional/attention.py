@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd import Function
 
 from handgrad.functional.attention_tiles import (
     BLOCK,
@@ -27,16 +26,15 @@ from handgrad.functional.attention_tiles import (
     concat_tiles,
     draw_seed,
     grouped_heads,
-    may_overwrite,
     scores,
     tangent_scores,
     tiles,
 )
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, twinned
 
 
-@combined_forward
-class Attention(Function):
+@twinned
+class Attention(TwinnedFunction):
     """Attention with the output O and the row log-sum-exp L as outputs.
 
     q (..., L, E), k (..., S, E), v (..., S, Ev), leading dims broadcast; M (..., L, S) a float mask, or 0 / -inf
@@ -237,7 +235,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
     mask = None if attn_mask is None else tile_mask(attn_mask, L, S)
     check_broadcast(query, key, value, mask)
     seed = draw_seed() if dropout_p > 0 else 0
-    output, _ = Attention.apply(query, key, value, mask, float(dropout_p), bool(is_causal),
+    output, _ = Attention.call(query, key, value, mask, float(dropout_p), bool(is_causal),
                                 1 / math.sqrt(E) if scale is None else float(scale), seed, block)
     return output.flatten(-4, -3) if grouped else output  # (..., Hkv, G, L, Ev) back to (..., Hq, L, Ev)
 

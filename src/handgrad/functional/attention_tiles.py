@@ -86,17 +86,6 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def may_overwrite(grad: torch.Tensor | None = None) -> bool:
-    """Whether a forward or backward may update its own temporaries in place: not while grad mode is on (a
-    backward under create_graph, whose intermediates autograd keeps), not under a torch.func transform, and
-    not for a batched gradient of torch's legacy vmap (gradcheck's batched checks, is_grads_batched)."""
-    if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
-        return False
-    if torch.compiler.is_dynamo_compiling():
-        return True
-    return grad is None or not torch._C._functorch.is_legacy_batchedtensor(grad)
-
-
 # --------------------------------------------------------------------------- dropout
 
 

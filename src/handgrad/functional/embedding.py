@@ -8,13 +8,12 @@ encoder_backward: the backward accumulates, because a token used twice gets two 
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 
-@combined_forward
-class Embedding(Function):
+@twinned
+class Embedding(TwinnedFunction):
     """y[n] = W[i_n]                 W (V, D), indices i (*) integers in [0, V)  ->  y (*, D)
 
     dy[n]/dW[r] = [i_n = r] (identity on the row), so the gradient scatters back, accumulating:
@@ -111,7 +110,7 @@ def embedding(input: torch.Tensor, weight: torch.Tensor, padding_idx: int | None
     check_indices(input, num_embeddings)
     if max_norm is not None:
         embedding_renorm_(weight, input, max_norm, norm_type)
-    return Embedding.apply(weight, input, padding_idx, scale_grad_by_freq, sparse)
+    return Embedding.call(weight, input, padding_idx, scale_grad_by_freq, sparse)
 
 
 def check_indices(indices: torch.Tensor, num_embeddings: int) -> None:
