@@ -100,6 +100,9 @@ class TileDropout:
     The masks come from a torch.Generator seeded with ``seed``, in tile order. Forward, backward and jvp
     walk the same tiles in the same order, so each draws the same masks, and none is kept in between. The
     uniform numbers are float32 whatever the dtype, so a seed drops the same weights in every dtype.
+    They are drawn with torch.func's transforms set aside: a backward that runs under vmap (jacrev,
+    vmap(grad)) must redraw its forward's masks, one set for every sample, which vmap would otherwise
+    refuse ("called random operation while in randomness error mode") or draw per sample.
     """
 
     def __init__(self, seed: int, p: float, dtype: torch.dtype, device: torch.device):
@@ -111,7 +114,8 @@ class TileDropout:
         """Z for the next tile, of ``shape``; None without dropout."""
         if self.generator is None:
             return None
-        uniform = torch.rand(shape, generator=self.generator, dtype=torch.float32, device=self.device)
+        with torch._C._DisableFuncTorch():  # a function of the seed, not fresh randomness: see the class docstring
+            uniform = torch.rand(shape, generator=self.generator, dtype=torch.float32, device=self.device)
         return (uniform >= self.p).to(self.dtype) * self.scale
 
     def apply(self, p: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as torch_F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import handgrad.functional as F
 from handgrad.functional.attention import attention
@@ -92,44 +93,56 @@ def attention_dropout_reference(query, key, value, dropout_p, is_causal=False, s
     return output.flatten(-4, -3) if grouped else output
 
 
+def torch_math_attention(**kwargs):
+    """torch's scaled_dot_product_attention on its math backend (torch.nn.attention.SDPBackend.MATH): torch's own
+    composed kernel, which has a second derivative and forward-mode AD; its CPU flash kernel, the default, has
+    neither ("derivative for aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented").
+    The OpInfo samples (verify/samples.py) compare with the default kernel."""
+    with sdpa_kernel([SDPBackend.MATH]):
+        return torch_F.scaled_dot_product_attention(**kwargs)
+
+
+def sdpa(name: str, make_inputs: Callable, kwargs: dict | None = None, hand: Callable = F.scaled_dot_product_attention,
+         reference: Callable = torch_math_attention, **more) -> OpCase:
+    """A row of scaled_dot_product_attention: per-sample gradients over query, key and value together."""
+    return OpCase(f"sdpa({name})", hand, reference, make_inputs, kwargs or {}, per_sample=("query", "key", "value"),
+                  **more)
+
+
 CASES: list[OpCase] = [
     OpCase("embedding", F.embedding, torch_F.embedding, _embedding_inputs(7, 4, 3, 5)),
     OpCase("embedding(0-d index)", F.embedding, torch_F.embedding, _embedding_inputs(7, 4)),
     # Finite differences cannot check a row that max_norm rescales (torch, too, leaves the rescaling out of the
     # graph), so every row here is already within max_norm; test_functional_sequence checks rescaled rows.
     OpCase("embedding(max_norm=2, rows within it)", F.embedding, torch_F.embedding,
-           _embedding_inputs(6, 3, 2, 5, row_norm=1.5), dict(max_norm=2.0)),
+           _embedding_inputs(6, 3, 2, 5, row_norm=1.5), dict(max_norm=2.0),
+           opt_out={"vmap_grad": "max_norm renormalises the shared weight in place from the rows the indices use "
+                                 "(torch.unique, a data-dependent shape), which vmap cannot batch; torch's "
+                                 "embedding_renorm_ fails under vmap too"}),
     OpCase("gelu(none)", F.gelu, torch_F.gelu, elementwise_inputs),
     OpCase("gelu(tanh)", F.gelu, torch_F.gelu, elementwise_inputs, dict(approximate="tanh")),
-    OpCase("sdpa(3-D, L != S, Ev != E)", F.scaled_dot_product_attention, torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 5, 4), (2, 7, 4), 6)),
-    OpCase("sdpa(4-D, causal)", F.scaled_dot_product_attention, torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 3, 6, 4), (2, 3, 6, 4)), dict(is_causal=True)),
-    OpCase("sdpa(causal, L < S, 2-key tiles)", tiled_attention(2), torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 2, 5, 4), (2, 2, 8, 4), 3), dict(is_causal=True)),
-    OpCase("sdpa(causal, L > S, 3-key tiles)", tiled_attention(3), torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 2, 8, 4), (2, 2, 5, 4)), dict(is_causal=True)),
-    OpCase("sdpa(bool mask, a row attends nothing, 3-key tiles)", tiled_attention(3),
-           torch_F.scaled_dot_product_attention, _attention_inputs((2, 3, 5, 4), (2, 3, 7, 4), mask="bool")),
-    OpCase("sdpa(float mask per head, a row all -inf)", F.scaled_dot_product_attention,
-           torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 3, 5, 4), (2, 3, 7, 4), mask="float", mask_shape=(3, 5, 7))),
-    OpCase("sdpa(scale=0.3)", F.scaled_dot_product_attention, torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 5, 4), (2, 6, 4)), dict(scale=0.3)),
-    OpCase("sdpa(GQA 6 query / 2 key heads, causal)", F.scaled_dot_product_attention,
-           torch_F.scaled_dot_product_attention, _attention_inputs((2, 6, 5, 4), (2, 2, 5, 4)),
-           dict(enable_gqa=True, is_causal=True)),
-    OpCase("sdpa(GQA, float mask per query head)", F.scaled_dot_product_attention,
-           torch_F.scaled_dot_product_attention,
-           _attention_inputs((2, 4, 5, 4), (2, 2, 6, 4), mask="float", mask_shape=(4, 5, 6)), dict(enable_gqa=True)),
-    OpCase("sdpa(5-D, query broadcast over the first dim)", F.scaled_dot_product_attention,
-           torch_F.scaled_dot_product_attention, _attention_inputs((1, 2, 3, 5, 4), (2, 2, 3, 6, 4))),
-    OpCase("sdpa(2-D)", F.scaled_dot_product_attention, torch_F.scaled_dot_product_attention,
-           _attention_inputs((5, 4), (6, 4))),
+    sdpa("3-D, L != S, Ev != E", _attention_inputs((2, 5, 4), (2, 7, 4), 6)),
+    sdpa("4-D, causal", _attention_inputs((2, 3, 6, 4), (2, 3, 6, 4)), dict(is_causal=True)),
+    sdpa("causal, L < S, 2-key tiles", _attention_inputs((2, 2, 5, 4), (2, 2, 8, 4), 3), dict(is_causal=True),
+         tiled_attention(2)),
+    sdpa("causal, L > S, 3-key tiles", _attention_inputs((2, 2, 8, 4), (2, 2, 5, 4)), dict(is_causal=True),
+         tiled_attention(3)),
+    sdpa("bool mask, a row attends nothing, 3-key tiles", _attention_inputs((2, 3, 5, 4), (2, 3, 7, 4), mask="bool"),
+         hand=tiled_attention(3)),
+    sdpa("float mask per head, a row all -inf",
+         _attention_inputs((2, 3, 5, 4), (2, 3, 7, 4), mask="float", mask_shape=(3, 5, 7))),
+    sdpa("scale=0.3", _attention_inputs((2, 5, 4), (2, 6, 4)), dict(scale=0.3)),
+    sdpa("GQA 6 query / 2 key heads, causal", _attention_inputs((2, 6, 5, 4), (2, 2, 5, 4)),
+         dict(enable_gqa=True, is_causal=True)),
+    sdpa("GQA, float mask per query head",
+         _attention_inputs((2, 4, 5, 4), (2, 2, 6, 4), mask="float", mask_shape=(4, 5, 6)), dict(enable_gqa=True)),
+    sdpa("5-D, query broadcast over the first dim", _attention_inputs((1, 2, 3, 5, 4), (2, 2, 3, 6, 4))),
+    sdpa("2-D", _attention_inputs((5, 4), (6, 4))),
     # The same seed draws the same masks in both: attention_dropout_reference rebuilds the hand-written op's.
-    OpCase("sdpa(dropout_p=0.3, causal, 3-key tiles, seeded)", seeded_keywords(tiled_attention(3)),
-           seeded_keywords(tiled_reference(3)), _attention_inputs((2, 2, 7, 4), (2, 2, 7, 4)),
-           dict(dropout_p=0.3, is_causal=True)),
+    # Under vmap every sample drops the same weights: the masks come from one seed a call, a Python int.
+    sdpa("dropout_p=0.3, causal, 3-key tiles, seeded", _attention_inputs((2, 2, 7, 4), (2, 2, 7, 4)),
+         dict(dropout_p=0.3, is_causal=True), seeded_keywords(tiled_attention(3)), seeded_keywords(tiled_reference(3)),
+         randomness="same"),
 ]
 
 # Options whose gradient torch defines to be other than the derivative: the padding row's is 0 although the
@@ -153,3 +166,20 @@ TORCH_OPS: dict[str, tuple[str, ...]] = {
 }
 TORCH_MODULES: tuple[str, ...] = ("Embedding", "GELU")
 KNOWN_FAILURES: list[KnownFailure] = []
+
+
+def embedding_as_its_opinfo_calls_it(weight, indices, **kwargs):
+    """torch's embedding OpInfo passes the weight first (its op is lambda weight, idx: embedding(idx, weight))."""
+    return F.embedding(indices, weight, **kwargs)
+
+
+def attention_sample_reference(sample) -> Callable | None:
+    """A dropout sample is compared with the composed math dropping the weights handgrad drops (both sides run
+    under one seed); the others with torch's op."""
+    return attention_dropout_reference if sample.kwargs.get("dropout_p", 0) > 0 else None
+
+
+SAMPLE_CALLS: dict[str, Callable] = {"embedding": embedding_as_its_opinfo_calls_it}
+SAMPLE_REFERENCES: dict[str, Callable] = {"scaled_dot_product_attention": attention_sample_reference}
+RANDOM_OPS: dict[str, str] = {"scaled_dot_product_attention": "same"}  # one seed a call: see the dropout row
+TRANSFORM_MAX_ELEMENTS: dict[str, int] = {"scaled_dot_product_attention": 500}  # torch's smallest: q, k, v, 480
