@@ -124,12 +124,13 @@ class TileDropout:
 
 
 def dropout_multipliers(seed: int, p: float, batch: torch.Size, n_queries: int, n_keys: int, dtype: torch.dtype,
-                        is_causal: bool, block: int = BLOCK) -> torch.Tensor:
+                        is_causal: bool, block: int = BLOCK, device: torch.device | str = "cpu") -> torch.Tensor:
     """Every tile's Z of one call, as one (*batch, L, S) tensor (0 in tiles never computed): what a reference
     built from torch's ops multiplies its softmax by to drop exactly the weights the hand-written op drops.
-    ``batch``: the broadcast leading dims the op computed in (with grouped heads, (..., Hkv, G))."""
-    dropout = TileDropout(seed, p, accumulation_dtype(dtype), torch.device("cpu"))
-    z = torch.zeros(*batch, n_queries, n_keys, dtype=dropout.dtype)
+    ``batch``: the broadcast leading dims the op computed in (with grouped heads, (..., Hkv, G)); ``device``: the
+    op's (each device has its own generator)."""
+    dropout = TileDropout(seed, p, accumulation_dtype(dtype), torch.device(device))
+    z = torch.zeros(*batch, n_queries, n_keys, dtype=dropout.dtype, device=device)
     for i0, i1, key_tiles in tiles(n_queries, n_keys, block, is_causal):
         for j0, j1 in key_tiles:
             tile = dropout.multiplier(torch.Size((*batch, i1 - i0, j1 - j0)))

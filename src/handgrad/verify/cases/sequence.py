@@ -85,10 +85,10 @@ def attention_dropout_reference(query, key, value, dropout_p, is_causal=False, s
         query, key, value, _, grouped = grouped_heads(query, key, value, None)
     L, S = query.size(-2), key.size(-2)
     batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    multipliers = dropout_multipliers(draw_seed(), dropout_p, batch, L, S, query.dtype, is_causal, block)
+    multipliers = dropout_multipliers(draw_seed(), dropout_p, batch, L, S, query.dtype, is_causal, block, query.device)
     scores = query @ key.mT * (1 / math.sqrt(query.size(-1)) if scale is None else scale)
     if is_causal:
-        scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), -math.inf)
+        scores = scores.masked_fill(~torch.ones(L, S, dtype=torch.bool, device=scores.device).tril(), -math.inf)
     output = (torch.softmax(scores, -1) * multipliers.to(query.dtype)) @ value
     return output.flatten(-4, -3) if grouped else output
 
