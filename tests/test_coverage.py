@@ -31,9 +31,9 @@ def handgrad_mlp() -> torch.nn.Module:
 
 
 def mixed_mlp() -> torch.nn.Module:
-    """handgrad's Linear, then torch's GELU and Linear."""
+    """handgrad's Linear, then torch's SiLU (which has no handgrad twin) and Linear."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(hnn.Linear(6, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    return torch.nn.Sequential(hnn.Linear(6, 8), torch.nn.SiLU(), torch.nn.Linear(8, 3))
 
 
 def autograd_pairs(report) -> set[tuple[str, str]]:
@@ -60,7 +60,7 @@ def test_a_mix_reports_exactly_the_torch_nodes_with_their_modules():
     with handgrad.coverage(model) as report:
         F.cross_entropy(model(x), y).backward()
 
-    assert autograd_pairs(report) == {("GeluBackward0", "1"), ("AddmmBackward0", "2")}
+    assert autograd_pairs(report) == {("SiluBackward0", "1"), ("AddmmBackward0", "2")}
     assert (report.hand, report.autograd) == (2, 2) and report.share == 0.5
     assert report.by_module["2"] == Counts(hand=0, autograd=1, bookkeeping=3)  # TBackward0 + weight, bias
     assert {r.twin for r in report.nodes if r.kind == "autograd"} == {None, "handgrad.nn.Linear"}
@@ -162,7 +162,7 @@ def test_nodes_the_engine_prunes_are_not_counted():
     assert {r.op for r in second} == {"CrossEntropyBackward", "AddmmBackward0"}  # grad() accumulates nothing
     assert "0" not in report.by_module and "1" not in report.by_module
     static = handgrad.coverage.of(loss, model)  # the static walk counts what a plain backward() would run
-    assert static.by_op["GeluBackward0"] == 1 and static.by_op["LinearBackward"] == 1
+    assert static.by_op["SiluBackward0"] == 1 and static.by_op["LinearBackward"] == 1
 
 
 def test_nodes_created_before_the_block_are_labelled_so():
@@ -172,7 +172,7 @@ def test_nodes_created_before_the_block_are_labelled_so():
         F.cross_entropy(logits, y).backward()
     assert set(report.by_module) == {"0", "2", BEFORE, OUTSIDE}  # parameters still belong to their modules
     assert report.by_module[OUTSIDE] == Counts(hand=1)
-    assert report.by_module[BEFORE] == Counts(hand=1, autograd=2, bookkeeping=1)  # linear, GELU, addmm, t
+    assert report.by_module[BEFORE] == Counts(hand=1, autograd=2, bookkeeping=1)  # linear, SiLU, addmm, t
 
 
 # --------------------------------------------------------------------------- the two forms
@@ -217,7 +217,7 @@ def test_strict_mode_names_each_torch_node_its_module_and_the_handgrad_twin():
     assert str(caught.value) == (
         "handgrad.coverage(strict=True): 4 of 5 arithmetic gradient nodes were computed by autograd, not by "
         "handgrad (hand-written share 20.0%):\n"
-        "  GeluBackward0        in module '1' (GELU): handgrad has no twin\n"
+        "  SiluBackward0        in module '1' (SiLU): handgrad has no twin\n"
         "  AddmmBackward0       in module '2' (Linear): use handgrad.nn.Linear\n"
         "  LogSoftmaxBackward0  in (outside any module): use handgrad.functional.log_softmax\n"
         "  NllLossBackward0     in (outside any module): use handgrad.functional.cross_entropy\n"
@@ -245,10 +245,11 @@ def test_strict_mode_passes_an_all_handgrad_model():
 def test_every_torch_twin_of_a_handgrad_module_is_pointed_to_it(name):
     twin = getattr(torch.nn, name)
     args = {"Linear": (6, 3), "Conv2d": (1, 2, 3), "MaxPool2d": (2,), "AvgPool2d": (2,), "BatchNorm1d": (6,),
-            "BatchNorm2d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,)}.get(name, ())
+            "BatchNorm2d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,), "Embedding": (10, 6)
+            }.get(name, ())
     module = twin(*args)
     x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d") else torch.randn(4, 6)
-    x.requires_grad_(True)
+    x = torch.randint(10, (4, 6)) if name == "Embedding" else x.requires_grad_(True)  # token indices: no gradient
     loss_args = {"MSELoss": (torch.randn(4, 6),), "CrossEntropyLoss": (torch.tensor([0, 1, 2, 3]),)}.get(name, ())
     with handgrad.coverage(module) as report:
         module(x, *loss_args).sum().backward()
@@ -272,7 +273,7 @@ handgrad.coverage: 1 backward ran 9 nodes: 2 hand-written, 2 autograd, 5 bookkee
 
 module                type    hand  autograd  bookkeeping   share
 0                     Linear     1         0            2  100.0%
-1                     GELU       0         1            0    0.0%
+1                     SiLU       0         1            0    0.0%
 2                     Linear     0         1            3    0.0%
 (outside any module)             1         0            0  100.0%
 total                            2         2            5   50.0%
@@ -280,7 +281,7 @@ total                            2         2            5   50.0%
 op                    kind         nodes  modules               handgrad twin
 LinearBackward        hand             1  0
 CrossEntropyBackward  hand             1  (outside any module)
-GeluBackward0         autograd         1  1                     none
+SiluBackward0         autograd         1  1                     none
 AddmmBackward0        autograd         1  2                     handgrad.nn.Linear
 TBackward0            bookkeeping      1  2
 AccumulateGrad        bookkeeping      4  0, 2

@@ -168,3 +168,23 @@ class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
 class LayerNorm(torch.nn.LayerNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+# --------------------------------------------------------------------------- sequence layers
+
+
+class Embedding(torch.nn.Embedding):
+    """A lookup table with the hand-written scatter-add backward of ``handgrad.functional.embedding``; every
+    option of torch's (padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse) and ``from_pretrained``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, self.sparse)
+
+
+class GELU(torch.nn.GELU):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.gelu(input, approximate=self.approximate)
+
+
+__all__ += ["Embedding", "GELU"]

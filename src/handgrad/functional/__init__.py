@@ -4,9 +4,11 @@ Every wrapper has the name, signature and semantics of its torch.nn.functional n
 and every backward is derived by hand in the Function's docstring.
 """
 
-from handgrad.functional.activations import leaky_relu, relu, sigmoid, tanh
+from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
+from handgrad.functional.attention import scaled_dot_product_attention
 from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
+from handgrad.functional.embedding import embedding
 from handgrad.functional.fused import linear_activation, mlp
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import cross_entropy, mse_loss
@@ -37,3 +39,5 @@ __all__ = [
     "softmax",
     "tanh",
 ]
+
+__all__ += ["embedding", "gelu", "scaled_dot_product_attention"]

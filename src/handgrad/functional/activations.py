@@ -227,3 +227,77 @@ class LeakyReLU(TwinnedFunction):
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
     """Hand-written twin of torch.nn.functional.leaky_relu (``inplace`` is ignored)."""
     return LeakyReLU.call(input, negative_slope)
+
+
+# --------------------------------------------------------------------------- gelu
+
+SQRT_HALF = math.sqrt(0.5)  # 1 / sqrt(2)
+INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)  # the standard normal density's factor
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+GELU_CUBIC = 0.044715  # the tanh approximation's cubic coefficient (Hendrycks & Gimpel)
+GELU_TANH_SATURATED = 10.0  # |x| beyond which tanh(u) rounds to +-1 in float64 (u > 43): 1 - tanh^2 u is exactly 0
+
+
+@twinned
+class GELU(TwinnedFunction):
+    """y = x Phi(x), Phi the standard normal CDF          x (*)  ->  y (*)
+
+    approximate="none":  Phi(x) = (1 + erf(x / sqrt 2)) / 2
+        dy/dx = Phi(x) + x phi(x),   phi(x) = e^(-x^2 / 2) / sqrt(2 pi), the normal density
+    approximate="tanh":  Phi(x) ~ (1 + tanh u) / 2,   u = sqrt(2 / pi) (x + 0.044715 x^3)
+        dy/dx = (1 + tanh u) / 2 + (x / 2) (1 - tanh^2 u) du/dx,   du/dx = sqrt(2 / pi) (1 + 3 * 0.044715 x^2)
+    grad_x = grad_y * dy/dx                   (saves the input x)
+    jvp: t_y = t_x * dy/dx
+
+    bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does.
+    Finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh form's
+    du/dx is evaluated at x clamped to +-10, past which 1 - tanh^2 u is exactly 0 anyway (so x^2 never
+    overflows into inf * 0; torch's kernel gives nan there for |x| > 1.8e19 in float32).
+    Reference: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
+    """
+
+    autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
+
+    @staticmethod
+    def forward(input, approximate):
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
+        if approximate == "tanh":
+            inner = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)
+            return (0.5 * x * (1 + torch.tanh(inner))).to(input.dtype)
+        return (x * 0.5 * (1 + torch.erf(x * SQRT_HALF))).to(input.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.approximate = inputs
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return (grad_output * gelu_derivative(x, ctx.approximate)).to(x.dtype), None
+
+    @staticmethod
+    def jvp(ctx, t_input, _):
+        (x,) = ctx.saved_tensors
+        return (t_input * gelu_derivative(x, ctx.approximate)).to(x.dtype)
+
+
+def gelu_derivative(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    """dy/dx of GELU (its docstring), in float32 for half-precision inputs, as torch's kernel computes it."""
+    x = input.to(torch.promote_types(input.dtype, torch.float32))
+    if approximate == "tanh":
+        t = torch.tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x))
+        x_c = x.clamp(-GELU_TANH_SATURATED, GELU_TANH_SATURATED)
+        du_dx = SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * x_c * x_c)
+        return 0.5 * (1 + t) + 0.5 * x_c * (1 - t * t) * du_dx
+    cdf = 0.5 * (1 + torch.erf(x * SQRT_HALF))
+    pdf = INV_SQRT_2PI * torch.exp(-0.5 * x * x)
+    return cdf + x * pdf
+
+
+def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.gelu."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate={approximate!r} must be 'none' (the exact erf form) or 'tanh'")
+    return GELU.call(input, approximate)

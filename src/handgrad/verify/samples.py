@@ -25,11 +25,13 @@ import torch
 from torch.func import grad, jvp, vmap
 
 import handgrad.functional as HF
+from handgrad.verify import cases
 from handgrad.verify.known import Outcome
 
 DTYPES = (torch.float64, torch.float32)
 REFUSALS = (ValueError, TypeError, NotImplementedError)
-RANDOM_OPS = {"dropout": "different"}  # op -> torch.vmap randomness; both sides draw under the same seed
+RANDOM_OPS = {"dropout": "different", **cases.RANDOM_OPS}  # op -> torch.vmap randomness; both sides draw under the
+#                                                            same seed
 
 
 @dataclass
@@ -138,17 +140,31 @@ def flat(output) -> list:
     return [t for o in output for t in flat(o)] if isinstance(output, (list, tuple)) else [output]
 
 
-def assert_same(what: str, actual, expected) -> None:
+def assert_same(what: str, actual, expected, **tolerance) -> None:
     if actual is None or expected is None:
         assert actual is None and expected is None, f"{what}: handgrad's is {actual}, torch's {expected}"
         return
-    torch.testing.assert_close(actual, expected, equal_nan=True, msg=lambda m: f"{what}: {m.splitlines()[0]}")
+    torch.testing.assert_close(actual, expected, equal_nan=True, msg=lambda m: f"{what}: {m.splitlines()[0]}",
+                               **tolerance)
 
 
-def assert_all_same(what: str, actual: list, expected: list) -> None:
+def assert_all_same(what: str, actual: list, expected: list, **tolerance) -> None:
     assert len(actual) == len(expected), f"{len(actual)} {what}s, torch {len(expected)}"
     for i, (ours, theirs) in enumerate(zip(actual, expected, strict=True)):
-        assert_same(f"{what} {i}", ours, theirs)
+        assert_same(f"{what} {i}", ours, theirs, **tolerance)
+
+
+def common_tolerance(info, dtype: torch.dtype) -> dict:
+    """The tolerance torch's own TestCommon uses for this op and dtype (a class-wide toleranceOverride among the
+    OpInfo's decorators, as scaled_dot_product_attention's float32 atol 5e-5 / rtol 5e-6), else none."""
+    for decorate in info.decorators:
+        if (getattr(decorate, "cls_name", None) == "TestCommon" and decorate.test_name is None
+                and decorate.device_type in (None, "cpu")):
+            for decorator in decorate.decorators:
+                override = getattr(decorator, "d", {}).get(dtype)
+                if override is not None:
+                    return dict(atol=override.atol, rtol=override.rtol)
+    return {}
 
 
 def outcome_of(run: Callable[[], None], sample: str) -> Outcome:
@@ -170,9 +186,20 @@ class TorchError(Exception):
     """torch's side raised: the sample is not one torch accepts."""
 
 
+def handgrad_op(op: str) -> Callable:
+    """handgrad's op, called as its OpInfo calls torch's (a family's SAMPLE_CALLS, where the order differs)."""
+    return cases.SAMPLE_CALLS.get(op, getattr(HF, op))
+
+
+def reference_op(case: OpSample) -> Callable:
+    """What a sample is compared with: torch's op, or what the family's SAMPLE_REFERENCES gives for it."""
+    choose = cases.SAMPLE_REFERENCES.get(case.op)
+    return (choose(case.sample) if choose else None) or case.info.op
+
+
 def run_op_sample(case: OpSample) -> Outcome:
     s, random = case.sample, case.op in RANDOM_OPS
-    hand, reference = with_seed(getattr(HF, case.op), random), with_seed(case.info.op, random)
+    hand, reference = with_seed(handgrad_op(case.op), random), with_seed(reference_op(case), random)
 
     def side(fn):
         inputs = copy_of((s.input, s.args, s.kwargs))
@@ -185,8 +212,9 @@ def run_op_sample(case: OpSample) -> Outcome:
         except Exception as e:  # noqa: BLE001
             raise TorchError(f"{type(e).__name__}: {e}") from e
         actual = side(hand)
-        assert_all_same("output", actual[0], expected[0])
-        assert_all_same("gradient", actual[1], expected[1])
+        tolerance = common_tolerance(case.info, case.dtype)
+        assert_all_same("output", actual[0], expected[0], **tolerance)
+        assert_all_same("gradient", actual[1], expected[1], **tolerance)
     return outcome_of(run, f"{str(case.dtype)[6:]} {s.summary()}")
 
 
@@ -226,7 +254,7 @@ def run_transform(check: str, case: OpSample) -> Outcome:
             return flat(s.output_process_fn_grad(fn(*full, **s.kwargs)))[0]
         return with_seed(f, case.op in RANDOM_OPS)
 
-    hand, reference = function(getattr(HF, case.op)), function(case.info.op)
+    hand, reference = function(handgrad_op(case.op)), function(reference_op(case))
     primals = [args[i].detach() for i in positions]
     generator = torch.Generator().manual_seed(1)
     tangents = tuple(torch.randn(p.shape, dtype=p.dtype, generator=generator) for p in primals)
@@ -260,7 +288,9 @@ def run_transform(check: str, case: OpSample) -> Outcome:
 
 def transform_samples(op: str, opinfo_names: tuple[str, ...], limit: int, max_elements: int = 300) -> list[OpSample]:
     """The first ``limit`` float64 samples of ``op`` whose input requires grad and whose differentiable
-    tensors hold at most ``max_elements`` numbers together (gradgradcheck's cost grows with their square)."""
+    tensors hold at most ``max_elements`` numbers together (gradgradcheck's cost grows with their square;
+    a family's TRANSFORM_MAX_ELEMENTS raises it for an op whose smallest samples are larger)."""
+    max_elements = cases.TRANSFORM_MAX_ELEMENTS.get(op, max_elements)
     def small(sample) -> bool:
         return sum(t.numel() for t in leaves((sample.input, sample.args, sample.kwargs))) <= max_elements
     return [c for c in op_samples(op, opinfo_names, (torch.float64,))

@@ -1,0 +1,288 @@
+"""Scaled dot-product attention, softmax(Q K^T scale + mask) V, with FlashAttention's backward.
+
+No (L, S) matrix outlives a call. Forward saves the inputs, the output O and one number per query row, its
+log-sum-exp L: O(T) beyond q, k and v, where autograd of the composed ops keeps the (L, S) probabilities.
+Backward recomputes the probabilities tile by tile as P = exp(S - L). Forward and backward both walk
+(queries x keys) tiles of at most BLOCK keys, so their temporaries are O(T) too. With is_causal, queries
+come in tiles as well, and tiles that lie wholly above the diagonal (every key after every query) are skipped.
+
+References: Dao, Fu, Ermon, Rudra & Re, "FlashAttention: Fast and Memory-Efficient Exact Attention with
+IO-Awareness", NeurIPS 2022 (Algorithm 1, the online softmax; Algorithms 2 and 4, the backward from O and
+L with D_i = dO_i . O_i); Dao, "FlashAttention-2", 2023 (the loop order); the reference implementation in
+torch.nn.functional.scaled_dot_product_attention's documentation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from handgrad.functional.attention_tiles import (
+    BLOCK,
+    TileDropout,
+    accumulation_dtype,
+    add_tile,
+    concat_tiles,
+    draw_seed,
+    grouped_heads,
+    scores,
+    tangent_scores,
+    tiles,
+)
+from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, twinned
+
+
+@twinned
+class Attention(TwinnedFunction):
+    """Attention with the output O and the row log-sum-exp L as outputs.
+
+    q (..., L, E), k (..., S, E), v (..., S, Ev), leading dims broadcast; M (..., L, S) a float mask, or 0 / -inf
+    from a bool mask or is_causal; Z the dropout multiplier keep / (1 - p) (1 without dropout):
+
+        S_ij = scale q_i . k_j + M_ij                                      (..., L, S), one tile at a time
+        L_i  = log sum_j e^(S_ij)                                          (..., L)
+        P_ij = e^(S_ij - L_i)                                              softmax over the keys
+        O_i  = sum_j P_ij Z_ij v_j                                         (..., L, Ev)
+
+    backward, from grad_O = dO and grad_L = dL (L is an output, R2: it gets a gradient under double backward):
+        dv_j  = sum_i P_ij Z_ij dO_i                                       (..., S, Ev)
+        dP_ij = Z_ij dO_i . v_j
+        dS_ij = P_ij (dP_ij - D_i),  D_i = dO_i . O_i - dL_i               softmax: dP_ij/dS_ik = P_ij ([j = k] - P_ik);
+                                                                           log-sum-exp: dL_i/dS_ij = P_ij
+        dq_i  = scale sum_j dS_ij k_j                                      (..., L, E)
+        dk_j  = scale sum_i dS_ij q_i                                      (..., S, E)
+        dM_ij = dS_ij                                                      (float mask)
+    D_i is where O earns its place: sum_j P_ij dP_ij = sum_j P_ij Z_ij dO_i . v_j = dO_i . O_i, a number per
+    row from two saved (L, Ev) tensors, where the softmax's own backward would need the whole row of P.
+    Each gradient is summed down to its input's shape where leading dims were broadcast.
+
+    jvp, from tangents t_q, t_k, t_v, t_M:
+        t_S_ij = scale (t_q_i . k_j + q_i . t_k_j) + t_M_ij
+        t_L_i  = sum_j P_ij t_S_ij = c_i
+        t_O_i  = sum_j Z_ij (P_ij (t_S_ij - c_i) v_j + P_ij t_v_j) = sum_j P_ij Z_ij (t_S_ij v_j + t_v_j) - c_i O_i
+
+    Saves q, k, v, the mask, O and L; dropout masks are drawn again from their seed (attention_tiles.TileDropout).
+    Precision: P = e^(S - L) inherits L's rounding, a relative error of about |L| 2^-24 in float32 (~1e-5 where
+    scores reach 200), as in FlashAttention; torch's TestCommon tolerance for its own kernel (atol 5e-5) holds.
+    """
+
+    autocast = Autocast.LOWER_PRECISION  # as torch's: q, k, v (and a float mask) in the autocast dtype
+
+    @staticmethod
+    def forward(query, key, value, mask, dropout_p, is_causal, scale, seed, block):
+        acc = accumulation_dtype(query.dtype)
+        qs, k, v = query.to(acc) * scale, key.to(acc), value.to(acc)
+        L, S = query.size(-2), key.size(-2)
+        batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2],
+                                       mask.shape[:-2] if mask is not None else ())
+        ok = may_overwrite()
+        dropout = TileDropout(seed, dropout_p, acc, query.device)
+        lowest = torch.finfo(acc).min
+        outputs, lses = [], []
+        for i0, i1, key_tiles in tiles(L, S, block, is_causal):
+            # Online softmax over the key tiles (Algorithm 1): m the running row max, denom = sum_j e^(S_ij - m),
+            # o = sum_j e^(S_ij - m) Z_ij v_j; a tile with a larger max rescales both by e^(m_old - m_new).
+            # m starts at, and stays >=, the lowest finite number, so a row that has seen only masked keys
+            # gets e^(-inf - lowest) = 0, never e^(-inf + inf) = nan.
+            m = qs.new_full((*batch, i1 - i0, 1), lowest)  # (..., Bq, 1)
+            denom = qs.new_zeros(*batch, i1 - i0, 1)  # (..., Bq, 1)
+            o = qs.new_zeros(*batch, i1 - i0, v.size(-1))  # (..., Bq, Ev)
+            for j0, j1 in key_tiles:
+                s = scores(qs[..., i0:i1, :], k[..., j0:j1, :], mask, is_causal, i0, i1, j0, j1, ok)  # (..., Bq, Bk)
+                m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+                p = s.sub_(m_new).exp_() if ok else torch.exp(s - m_new)  # e^(S_ij - m_new)
+                rescale = torch.exp(m - m_new)
+                denom = rescale * denom + p.sum(-1, keepdim=True)
+                o = rescale * o + dropout.apply(p) @ v[..., j0:j1, :]
+                m = m_new
+            # denom >= 1 where a row has an unmasked key (its max contributes e^0). A row with none (or no keys,
+            # S = 0) gets O = 0 and L = +inf, so that P = e^(S - L) = 0 there in backward: torch's output and
+            # gradients are 0 there too.
+            attended = denom > 0
+            outputs.append(torch.where(attended, o / denom, 0))
+            lses.append(torch.where(attended, m + torch.log(denom), math.inf).squeeze(-1))
+        output = torch.cat(outputs, -2) if outputs else qs.new_zeros(*batch, 0, v.size(-1))
+        lse = torch.cat(lses, -1) if lses else qs.new_zeros(*batch, 0)
+        return output.to(query.dtype), lse
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        query, key, value, mask, ctx.dropout_p, ctx.is_causal, ctx.scale, ctx.seed, ctx.block = inputs
+        out, lse = output
+        ctx.set_materialize_grads(False)  # R2: the gradient of L is None in first order, and is skipped
+        saved = (query, key, value, mask, out, lse)
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_lse):
+        query, key, value, mask, out, lse = ctx.saved_tensors
+        needs_q, needs_k, needs_v, needs_mask = ctx.needs_input_grad[:4]
+        if grad_output is None and grad_lse is None:
+            return (None,) * 9
+        acc = lse.dtype
+        qs, k, v = query.to(acc) * ctx.scale, key.to(acc), value.to(acc)
+        L, S = query.size(-2), key.size(-2)
+        ok = may_overwrite(grad_output if grad_output is not None else grad_lse)
+        dropout = TileDropout(ctx.seed, ctx.dropout_p, acc, query.device)
+        d_out = None if grad_output is None else grad_output.to(acc)
+        D = torch.zeros_like(lse).unsqueeze(-1)  # (..., L, 1): dO_i . O_i - dL_i
+        if d_out is not None:
+            D = D + (d_out * out.to(acc)).sum(-1, keepdim=True)
+        if grad_lse is not None:
+            D = D - grad_lse.to(acc).unsqueeze(-1)
+        grad_q: list[torch.Tensor] = []  # query tiles in order
+        grad_k: dict[int, torch.Tensor] = {}  # key tiles by j0, each summed over the query tiles
+        grad_v: dict[int, torch.Tensor] = {}
+        mask_rows = []
+        for i0, i1, key_tiles in tiles(L, S, ctx.block, ctx.is_causal):
+            q_i, D_i, dq_i, mask_row = qs[..., i0:i1, :], D[..., i0:i1, :], 0, []
+            for j0, j1 in key_tiles:
+                k_j, v_j = k[..., j0:j1, :], v[..., j0:j1, :]
+                s = scores(q_i, k_j, mask, ctx.is_causal, i0, i1, j0, j1, ok)  # (..., Bq, Bk)
+                p = s.sub_(lse[..., i0:i1, None]).exp_() if ok else torch.exp(s - lse[..., i0:i1, None])
+                z = dropout.multiplier(p.shape)  # None without dropout
+                if d_out is not None:
+                    d_out_i = d_out[..., i0:i1, :]
+                    if needs_v:
+                        pz = p if z is None else p * z
+                        add_tile(grad_v, j0, (pz.mT @ d_out_i).sum_to_size(v_j.shape))  # (..., Bk, Ev)
+                    dp = d_out_i @ v_j.mT if z is None else (d_out_i @ v_j.mT) * z  # (..., Bq, Bk)
+                    ds = dp.sub_(D_i).mul_(p) if ok else (dp - D_i) * p
+                else:
+                    ds = -D_i * p
+                if needs_q:
+                    dq_i = dq_i + ds @ k_j  # (..., Bq, E), scale applied once below
+                if needs_k:
+                    add_tile(grad_k, j0, (ds.mT @ q_i).sum_to_size(k_j.shape))  # q_i carries the scale
+                if needs_mask:
+                    mask_row.append(ds.sum_to_size(*mask.shape[:-2], i1 - i0, j1 - j0))
+            if needs_q:  # dq_i is still 0 where the tile met no keys (S = 0)
+                grad_q.append(dq_i * ctx.scale if isinstance(dq_i, torch.Tensor) else torch.zeros_like(q_i))
+            mask_rows.append(mask_row)
+        grad_query = grad_key = grad_value = grad_mask = None
+        if needs_q:
+            grad_query = torch.cat(grad_q, -2).sum_to_size(query.shape).to(query.dtype) if grad_q else query * 0
+        if needs_k:
+            grad_key = concat_tiles(grad_k, key, ctx.block, acc)
+        if needs_v:
+            grad_value = concat_tiles(grad_v, value, ctx.block, acc)
+        if needs_mask:
+            rows = [torch.cat(row, -1) for row in mask_rows if row]
+            grad_mask = torch.cat(rows, -2).to(mask.dtype) if rows and S else mask * 0
+        return grad_query, grad_key, grad_value, grad_mask, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, t_query, t_key, t_value, t_mask, *_):
+        query, key, value, mask, out, lse = ctx.saved_tensors
+        acc = lse.dtype
+        qs, k, v = query.to(acc) * ctx.scale, key.to(acc), value.to(acc)
+        t_qs = None if t_query is None else t_query.to(acc) * ctx.scale
+        L, S = query.size(-2), key.size(-2)
+        dropout = TileDropout(ctx.seed, ctx.dropout_p, acc, query.device)
+        t_outs, t_lses = [], []
+        for i0, i1, key_tiles in tiles(L, S, ctx.block, ctx.is_causal):
+            a_i = c_i = 0  # sum_j P Z (t_S v + t_v), and t_L = sum_j P t_S
+            for j0, j1 in key_tiles:
+                s = scores(qs[..., i0:i1, :], k[..., j0:j1, :], mask, ctx.is_causal, i0, i1, j0, j1, False)
+                p = torch.exp(s - lse[..., i0:i1, None])  # (..., Bq, Bk)
+                z = dropout.multiplier(p.shape)
+                pz = p if z is None else p * z
+                t_s = tangent_scores(t_qs, t_key, t_mask, qs, k, i0, i1, j0, j1)
+                if t_s is not None:
+                    c_i = c_i + (p * t_s).sum(-1, keepdim=True)
+                    a_i = a_i + (pz * t_s) @ v[..., j0:j1, :]
+                if t_value is not None:
+                    a_i = a_i + pz @ t_value[..., j0:j1, :].to(acc)
+            t_outs.append(a_i - c_i * out[..., i0:i1, :].to(acc))
+            t_lses.append(c_i + torch.zeros_like(lse[..., i0:i1, None]))
+        if not t_outs:  # no queries (L = 0)
+            return torch.zeros_like(out), torch.zeros_like(lse)
+        return torch.cat(t_outs, -2).to(out.dtype), torch.cat(t_lses, -2).squeeze(-1)  # R8: tensors, never None
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None,
+                                 enable_gqa: bool = False) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.scaled_dot_product_attention.
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev)  ->  (..., L, Ev); the leading dims broadcast.
+    attn_mask broadcasts to (..., L, S): bool (True: attend) or a float added to the scores (it gets a
+    gradient). is_causal: query i attends keys j <= i (top-left aligned, as torch). scale defaults to
+    1 / sqrt(E). enable_gqa: query heads (dim -3) share key / value heads in groups of Hq / Hkv.
+    A row that may attend no key gives 0, with zero gradients, as torch does.
+
+    dropout_p > 0 drops attention weights with masks drawn from a torch.Generator seeded from the global
+    random stream (one draw a call) and drawn again from that seed in backward, so no mask is stored. A
+    given seed therefore drops other weights than torch's kernel would; attention_tiles.dropout_multipliers
+    rebuilds the masks for a comparison with the composed math.
+    """
+    return attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, BLOCK)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
+              dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+              block: int = BLOCK) -> torch.Tensor:
+    """scaled_dot_product_attention in tiles of ``block`` keys (and queries, with is_causal): the size only
+    changes how the work is cut, which the tests use to cut small inputs into many tiles."""
+    L, S, E = check_arguments(query, key, value, attn_mask, dropout_p, is_causal)
+    grouped = False
+    if enable_gqa:
+        query, key, value, attn_mask, grouped = grouped_heads(query, key, value, attn_mask)
+    mask = None if attn_mask is None else tile_mask(attn_mask, L, S)
+    check_broadcast(query, key, value, mask)
+    seed = draw_seed() if dropout_p > 0 else 0
+    output, _ = Attention.call(query, key, value, mask, float(dropout_p), bool(is_causal),
+                                1 / math.sqrt(E) if scale is None else float(scale), seed, block)
+    return output.flatten(-4, -3) if grouped else output  # (..., Hkv, G, L, Ev) back to (..., Hq, L, Ev)
+
+
+def tile_mask(attn_mask: torch.Tensor, L: int, S: int) -> torch.Tensor:
+    """attn_mask as a view of shape (..., L, S) in its last two dims, so that tiles can be cut from it."""
+    mask = attn_mask.reshape((1,) * (2 - attn_mask.dim()) + attn_mask.shape) if attn_mask.dim() < 2 else attn_mask
+    try:
+        return mask.expand(*mask.shape[:-2], L, S)
+    except RuntimeError:
+        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {tuple(attn_mask.shape)} does not "
+                         f"broadcast to (..., L, S) = (..., {L}, {S})") from None
+
+
+def check_broadcast(query, key, value, mask) -> None:
+    """The leading dims of query, key, value (and the mask) must broadcast together."""
+    shapes = [t.shape[:-2] for t in (query, key, value, mask) if t is not None]
+    try:
+        torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        raise ValueError(f"scaled_dot_product_attention: the leading dims {', '.join(str(tuple(s)) for s in shapes)} "
+                         "of query, key, value (and attn_mask) do not broadcast; with fewer key / value heads than "
+                         "query heads pass enable_gqa=True") from None
+
+
+def check_arguments(query, key, value, attn_mask, dropout_p, is_causal) -> tuple[int, int, int]:
+    """(L, S, E), or an error that names the value and the fix."""
+    name = "scaled_dot_product_attention"
+    if min(query.dim(), key.dim(), value.dim()) < 2:
+        raise ValueError(f"{name}: query, key and value need at least 2 dims (..., length, features), got shapes "
+                         f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}; add a length dim, "
+                         "e.g. x[None]")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"{name}: query, key and value must share a dtype, got {query.dtype}, {key.dtype}, "
+                        f"{value.dtype}; cast them, e.g. key.to(query.dtype)")
+    if query.size(-1) != key.size(-1) or key.size(-2) != value.size(-2):
+        raise ValueError(f"{name}: query (..., L, E) and key (..., S, E) must share E, and key and value S; got "
+                         f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
+            raise TypeError(f"{name}: attn_mask must be bool (True: attend) or of the query's dtype {query.dtype}, "
+                            f"got {attn_mask.dtype}")
+        if is_causal:
+            raise ValueError(f"{name}: pass either attn_mask or is_causal=True, not both (torch refuses the pair "
+                             "too); fold the causal mask into attn_mask, e.g. attn_mask & causal")
+    if not 0 <= dropout_p <= 1:
+        raise ValueError(f"{name}: dropout_p={dropout_p} must be a probability in [0, 1]")
+    return query.size(-2), key.size(-2), query.size(-1)
