@@ -5,6 +5,7 @@ import Lightning and torchvision, so they are imported by name rather than here.
 """
 
 from handgrad import functional, models, nn, optim
+from handgrad.coverage import coverage
 
 __version__ = "0.1.0"
-__all__ = ["functional", "models", "nn", "optim"]
+__all__ = ["coverage", "functional", "models", "nn", "optim"]
