@@ -23,12 +23,12 @@ def forward_direction(x, states0, w: Weights, reverse: bool):
     hidden = h.shape[1]
     gx = recurrent.project_input(x, w.ih, w.b_ih)  # (T, N, 3H): x_t W_ih^T + b_ih, every t at once
     hs, gates, hns = [torch.empty(0)] * len(x), [torch.empty(0)] * len(x), [torch.empty(0)] * len(x)
-    for t in steps(len(x), reverse):
-        gh = h @ w.hh.mT if w.b_hh is None else torch.addmm(w.b_hh, h, w.hh.mT)  # (N, 3H): h W_hh^T + b_hh
-        rz = (gx[t, :, :2 * hidden] + gh[:, :2 * hidden]).sigmoid()  # [r, z]
+    for t in steps(len(x), reverse):  # each line in the order of torch's CPU GRU cell (the same bf16 roundings)
+        gh = recurrent.project_hidden(h, w)  # (N, 3H): h W_hh^T + b_hh
+        rz = (gh[:, :2 * hidden] + gx[t, :, :2 * hidden]).sigmoid()  # [r, z]
         hn = gh[:, 2 * hidden:]  # W_hn h + b_hn
-        n = torch.tanh(torch.addcmul(gx[t, :, 2 * hidden:], rz[:, :hidden], hn))  # n = tanh(W_in x + b_in + r hn)
-        h = torch.addcmul(n, rz[:, hidden:], h - n)  # h' = (1 - z) n + z h = n + z (h - n)
+        n = (gx[t, :, 2 * hidden:] + hn * rz[:, :hidden]).tanh()  # n = tanh(W_in x + b_in + r hn)
+        h = (h - n) * rz[:, hidden:] + n  # h' = (1 - z) n + z h = (h - n) z + n
         hs[t], gates[t], hns[t] = h, torch.cat((rz, n), 1), hn
     return hs, (h,), (torch.stack(gates), torch.stack(hns))
 
@@ -142,9 +142,7 @@ class GRU(Function):
     derivatives are computed for every step at once; the loop carries only the recursion.
     """
 
-    # On CPU, as written under the caller's autocast: matmuls in bf16, the state in its own dtype, as torch's
-    # CPU GRU (whose output is float32 for a float32 h_0); on CUDA torch's cuDNN GRU runs wholly in fp16 / bf16.
-    autocast = {"cpu": Autocast.AS_WRITTEN, "cuda": Autocast.LOWER_PRECISION}
+    autocast = Autocast.AS_WRITTEN  # torch's dtypes under autocast: recurrent.autocast_in_front
 
     @staticmethod
     def forward(input, hx, spec, *tensors):

@@ -145,7 +145,7 @@ class LSTM(Function):
     tanh(c_t)) are computed for every step at once before the loop: the loop carries only the recursion.
     """
 
-    autocast = Autocast.LOWER_PRECISION  # CPU autocast runs torch's LSTM (mkldnn_rnn_layer) in bf16
+    autocast = Autocast.AS_WRITTEN  # torch's dtypes under autocast: recurrent.autocast_in_front
 
     @staticmethod
     def forward(input, hx, cx, spec, *tensors):

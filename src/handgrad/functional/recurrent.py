@@ -140,6 +140,11 @@ def project_input(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None
     return product.view(x.shape[0], x.shape[1], -1)
 
 
+def project_hidden(h: torch.Tensor, w: Weights) -> torch.Tensor:
+    """h W_hh^T + b_hh for one step: (N, P) -> (N, G * H)."""
+    return h @ w.hh.mT if w.b_hh is None else torch.addmm(w.b_hh, h, w.hh.mT)
+
+
 def input_weight_grads(d_gates: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor, needs_x: bool,
                        needs_w: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """grad_x = dA W_ih (T, N, H_in) and grad_W_ih = sum_t dA_t^T x_t (G*H, H_in), the sum over time and
@@ -209,6 +214,7 @@ def call_stack(function, cell: Cell, input, states: tuple, params: Sequence[torc
     batch = input.shape[0 if batch_first else 1] if batched else 1
     masks = [dropout_mask((length, batch, directions * states[0].shape[-1]), dropout, input.device)
              for _ in range(spec.masks)]
+    input, states, params = autocast_in_front(cell, spec, input, states, params)
     outputs = function.apply(input, *states, spec, *masks, *params)
     return tuple(outputs[:1 + cell.states])
 
@@ -242,8 +248,23 @@ def call_cell(function, cell: Cell, input, states: tuple, w_ih, w_hh, b_ih, b_hh
     spec = Stack(1, False, b_ih is not None, False, False, input.dim() == 2, cell=True, dropout_scale=None,
                  nonlinearity=cell.name[4:].lower())
     check_params(name, cell, spec, input, states, params)
+    input, states, params = autocast_in_front(cell, spec, input, states, params)
     outputs = function.apply(input, *states, spec, *params)
     return outputs[0] if cell.states == 1 else (outputs[0], outputs[1])
+
+
+def autocast_in_front(cell: Cell, spec: Stack, input, states: tuple, params: Sequence) -> tuple:
+    """Under autocast, what torch's own op does with its inputs. The recurrent Functions run as written
+    (Autocast.AS_WRITTEN: their matmuls in the autocast dtype, the rest in the operands' dtypes), as torch's
+    CPU GRU, RNN and cells do, being composed of ops. Where torch's op is one lower-precision kernel, the
+    floating inputs are cast in front (autograd records the casts): CPU LSTM over a sequence (oneDNN's
+    mkldnn_rnn_layer) and every recurrent op on CUDA (cuDNN, the fused cells)."""
+    device = input.device.type
+    if not torch.is_autocast_enabled(device) or (device == "cpu" and (cell.name != "LSTM" or spec.cell)):
+        return input, states, params
+    dtype = torch.get_autocast_dtype(device)
+    cast = [t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t for t in (input, *states, *params)]
+    return cast[0], tuple(cast[1:1 + len(states)]), cast[1 + len(states):]
 
 
 def dropout_mask(shape: tuple, p: float, device) -> torch.Tensor:
@@ -272,8 +293,9 @@ def check_states(name: str, spec: Stack, input, states: tuple) -> None:
 def check_params(name: str, cell: Cell, spec: Stack, input, states: tuple, params: Sequence) -> None:
     """Every parameter's shape, named as torch.nn names it (weight_ih_l0, bias_hh_l1_reverse, ...), and
     every tensor's dtype and device, against the input's."""
+    autocast = torch.is_autocast_enabled(input.device.type)  # then autocast casts the floating tensors, as torch's
     for tensor in (*states, *params):
-        if tensor.dtype != input.dtype or tensor.device != input.device:
+        if (tensor.dtype != input.dtype and not autocast) or tensor.device != input.device:
             raise ValueError(f"{name}: input is {input.dtype} on {input.device} but a state or parameter is "
                              f"{tensor.dtype} on {tensor.device}; convert the input (input.to(...)) or the "
                              "module (module.to(...)) so that they match")

@@ -21,12 +21,13 @@ def forward_direction(x, states0, w: Weights, reverse: bool, nonlinearity: str):
     """One direction over the sequence; x (T, N, H_in), h0 (N, H). Returns the T hidden states in time
     order, the final (h,), and no extras: backward reads h_t itself (an output)."""
     (h,) = states0
-    bias = None if w.b_ih is None else w.b_ih + w.b_hh
-    gx = recurrent.project_input(x, w.ih, bias)  # (T, N, H): x_t W_ih^T + b_ih + b_hh, every t at once
+    gx = recurrent.project_input(x, w.ih, w.b_ih)  # (T, N, H): x_t W_ih^T + b_ih, every t at once
     activation = torch.tanh if nonlinearity == "tanh" else torch.relu
     hs = [torch.empty(0)] * len(x)
     for t in steps(len(x), reverse):
-        h = activation(torch.addmm(gx[t], h, w.hh.mT))  # h_t = phi(gx_t + h_{t-1} W_hh^T)
+        # h_t = phi((h_{t-1} W_hh^T + b_hh) + gx_t), in the order of torch's CPU cell: under autocast the bf16
+        # roundings then fall where torch's do
+        h = activation(recurrent.project_hidden(h, w) + gx[t])
         hs[t] = h
     return hs, (h,), ()
 
@@ -106,7 +107,7 @@ class RNN(Function):
     phi' is read off the output h_t for every step at once: the loop is one matmul and one product a step.
     """
 
-    autocast = Autocast.LOWER_PRECISION  # CPU autocast runs torch's RNN's linear maps in bf16
+    autocast = Autocast.AS_WRITTEN  # torch's dtypes under autocast: recurrent.autocast_in_front
 
     @staticmethod
     def forward(input, hx, spec, *tensors):
