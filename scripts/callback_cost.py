@@ -1,109 +1,12 @@
-"""What the diagnostic callbacks cost a training run: the seconds spent in their hooks over the
-seconds of the whole fit.
+"""What the diagnostic callbacks cost a training run: the command line of handgrad.benchmarks.callback_cost.
 
-    python scripts/callback_cost.py --data-root ../shared/data     # README's table: four configs, 2 epochs each
+    python scripts/callback_cost.py --data-root data               # four configs, 2 epochs each
     python scripts/callback_cost.py --configs spirals --epochs 1   # seconds, no data set needed
-
-Each config trains as ``scripts/train.py --config configs/<name>.yaml`` trains it (TensorBoard
-logging, validation every epoch, the config's callbacks with its settings), written to a
-temporary folder. Every hook that a callback of handgrad.callbacks defines is timed (wall clock)
-around the call Lightning makes, and each callback's share is its hooks' seconds divided by the
-seconds of ``trainer.fit``. Printed as a markdown table.
 """
 
-from __future__ import annotations
-
-import argparse
-import contextlib
-import importlib.util
 import sys
-import tempfile
-import time
-from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
 
-import lightning as L
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = ["nielsen_ch1", "mnist_mlp", "mlp_regularized", "lenet5"]
-DIAGNOSTICS = ["GradientCheck", "GradientFlow", "MisclassifiedExamples"]  # the columns, in handgrad.callbacks
-
-
-def train_script():
-    """scripts/train.py as a module: each run is built by it, exactly as a user's run is."""
-    spec = importlib.util.spec_from_file_location("handgrad_train_script", Path(__file__).with_name("train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def time_hooks(callback: L.Callback, seconds: dict[str, float]) -> None:
-    """Replace each hook ``callback``'s class defines (overriding L.Callback's) by a timed call of it;
-    the time adds up in seconds[class name]. Lightning looks hooks up on the instance, so it calls these."""
-    name = type(callback).__name__
-    for hook in (h for h in dir(L.Callback) if h.startswith("on_")):
-        if getattr(type(callback), hook) is getattr(L.Callback, hook):
-            continue  # not defined by this callback: Lightning's empty hook
-
-        setattr(callback, hook, timed_call(getattr(callback, hook), seconds, name))
-
-
-def timed_call(hook: Callable, seconds: dict[str, float], name: str) -> Callable:
-    """``hook`` that adds the time each call takes to seconds[name]."""
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return hook(*args, **kwargs)
-        finally:
-            seconds[name] += time.perf_counter() - start
-    return timed
-
-
-def measure(train, config: str, epochs: int, data_root: str) -> dict:
-    """One fit of ``config``: each diagnostic callback's share of its time, and its every_n_steps."""
-    seconds = defaultdict(float)
-    with tempfile.TemporaryDirectory() as log_dir, contextlib.redirect_stdout(sys.stderr):  # the epoch lines
-        cli = train.build(["--config", str(REPO / "configs" / f"{config}.yaml"), "--data.root", data_root,
-                           "--data.download", "false", "--trainer.max_epochs", str(epochs),
-                           "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", log_dir])
-        diagnostics = [c for c in cli.trainer.callbacks if type(c).__name__ in DIAGNOSTICS]
-        for callback in diagnostics:
-            time_hooks(callback, seconds)
-        start = time.perf_counter()
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        fit = time.perf_counter() - start
-    every = {type(c).__name__: getattr(c, "every_n_steps", None) for c in diagnostics}
-    return dict(config=config, fit_s=fit, steps=cli.trainer.global_step, every_n_steps=every,
-                share={name: seconds[name] / fit for name in every})
-
-
-def table(rows: list[dict]) -> str:
-    lines = ["| config | epochs | optimiser steps | fit | N | " + " | ".join(DIAGNOSTICS) + " |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(DIAGNOSTICS)]
-    for row in rows:
-        n = sorted({v for v in row["every_n_steps"].values() if v})
-        shares = [f"{100 * row['share'][d]:.1f}%" if d in row["share"] else "off" for d in DIAGNOSTICS]
-        lines.append(f"| {row['config']} | {row['epochs']} | {row['steps']:,} | {row['fit_s']:.1f} s | "
-                     f"{', '.join(map(str, n)) or '-'} | " + " | ".join(shares) + " |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    names = sorted(path.stem for path in (REPO / "configs").glob("*.yaml"))
-    parser.add_argument("--configs", nargs="+", default=CONFIGS, choices=names, metavar="NAME",
-                        help=f"names under configs/, of {', '.join(names)} (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--data-root", default="data", help="the folder holding MNIST/raw/")
-    args = parser.parse_args(argv)
-    train = train_script()
-    rows = []
-    for config in args.configs:
-        rows.append({**measure(train, config, args.epochs, args.data_root), "epochs": args.epochs})
-        print(f"{config}: {rows[-1]['fit_s']:.1f} s", file=sys.stderr)
-    print(table(rows))
-
+from handgrad.benchmarks.callback_cost import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """Full-batch, mini-batch and stochastic gradient descent, side by side.
 
-    python scripts/compare_batch_modes.py --data-root data          # MNIST -> docs/batch_modes.png
+    python scripts/compare_batch_modes.py --data-root data          # MNIST -> logs/compare_batch_modes/batch_modes.png
     python scripts/compare_batch_modes.py --quick                   # 2-D spirals, no files, seconds
+    python scripts/compare_batch_modes.py --data-root data --out docs/batch_modes.png   # the README's figure
     tensorboard --logdir logs/compare_batch_modes
 
 The same network (784-100-10, ReLU, softmax cross-entropy: the network of configs/full_batch.yaml,
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-sgd", type=float, default=0.01, help="stochastic (batch 1) learning rate")
     parser.add_argument("--seed", type=int, default=0, help="initial weights, the subset and every epoch's order")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the README's timings: 1)")
-    parser.add_argument("--out", default="docs/batch_modes.png", help="the PNG to write")
+    parser.add_argument("--out", default="logs/compare_batch_modes/batch_modes.png",
+                        help="the PNG to write (docs/batch_modes.png is the one the README shows)")
     parser.add_argument("--logdir", default="logs/compare_batch_modes", help="one TensorBoard run per regime under it")
     parser.add_argument("--quick", action="store_true", help="2-D spirals (no files), for tests and a first look")
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short check on a lent GPU machine (issue 7): the CUDA tests, the gradient table on CUDA and,
+# One short check on a lent GPU machine: the CUDA tests, the gradient table on CUDA and,
 # when switched on below, a 2-epoch GPU training run and the quick GPU benchmark. Run it once from
 # the repository root under a 10-minute limit; it keeps itself well under 8 minutes (each step has a
 # timeout, and steps still waiting after STOP_AFTER seconds are skipped). Everything it produces goes

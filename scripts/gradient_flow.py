@@ -1,7 +1,8 @@
 """The vanishing gradient, measured with our own backward: a deep sigmoid network against ReLU.
 
-    python scripts/gradient_flow.py --data-root data      # MNIST -> docs/gradient_flow.png
+    python scripts/gradient_flow.py --data-root data      # MNIST -> logs/gradient_flow/gradient_flow.png
     python scripts/gradient_flow.py --quick               # 2-D spirals, no files, seconds
+    python scripts/gradient_flow.py --data-root data --out docs/gradient_flow.png   # the figure docs/ shows
     tensorboard --logdir logs/gradient_flow
 
 Two networks 784-30-30-30-30-30-30-10 (six hidden layers), one with sigmoid units and one with
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=50, help="steps between two measurements")
     parser.add_argument("--seed", type=int, default=0, help="the initial weights and the epoch's order")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", default="docs/gradient_flow.png", help="the PNG to write")
+    parser.add_argument("--out", default="logs/gradient_flow/gradient_flow.png",
+                        help="the PNG to write (docs/gradient_flow.png is the one docs/backprop.md shows)")
     parser.add_argument("--logdir", default="logs/gradient_flow", help="one TensorBoard run per network under it")
     parser.add_argument("--quick", action="store_true", help="2-D spirals (no files), for tests and a first look")
     args = parser.parse_args(argv)

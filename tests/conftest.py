@@ -17,7 +17,7 @@ def pytest_configure(config):
     # the net so that a CLI-made checkpoint can rebuild it (load_from_checkpoint).
     config.addinivalue_line("filterwarnings", "ignore:Attribute 'net' is an instance of `nn.Module`")
     config.addinivalue_line("filterwarnings", r"ignore:.*isinstance\(treespec, LeafSpec\)` is deprecated")
-    # Lightning's own use of its dependencies; nothing handgrad can change (as scripts/train.py also filters).
+    # Lightning's own use of its dependencies; nothing handgrad can change (as handgrad.cli also filters).
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:lightning.pytorch.cli")
     config.addinivalue_line("filterwarnings", "ignore:LightningCLI's args parameter is intended")
 

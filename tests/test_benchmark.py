@@ -1,48 +1,46 @@
-"""scripts/benchmark.py on tiny sizes: every row group runs, and the table and the JSON have their fields."""
+"""handgrad.benchmarks (scripts/benchmark.py) on tiny sizes: every row group runs, and the table and the JSON
+have their fields."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import pytest
-from conftest import REPO
+
+from handgrad.benchmarks.end_to_end import E2E_CONTENDERS
+from handgrad.benchmarks.networks import BACKENDS
+from handgrad.benchmarks.suite import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
-benchmark = sys.modules["benchmark"] = importlib.util.module_from_spec(spec)  # its dataclasses need the entry
-spec.loader.exec_module(benchmark)
-
 
 def test_a_quick_run_writes_every_row_group(tmp_path, mnist_root, capsys):
-    assert benchmark.main(["--quick", "--only", "10", "--data-root", mnist_root, "--e2e-examples", "40",
+    assert main(["--quick", "--only", "10", "--data-root", mnist_root, "--e2e-examples", "40",
                            "--e2e-repeats", "1", "--out-dir", str(tmp_path), "--name", "quick"]) == 0
     saved = json.loads((tmp_path / "quick.json").read_text())
     assert saved["meta"]["args"]["quick"] is True
 
     # row groups 1 and 2: every backend of the nielsen_ch1 row, timed against autograd
     rows = saved["step_rows"]
-    assert [r["backend"] for r in rows] == list(benchmark.BACKENDS)
+    assert [r["backend"] for r in rows] == list(BACKENDS)
     assert all(r["batch"] == 10 and r["step_us"] > 0 and r["ratio"] > 0 for r in rows)
     assert rows[0]["ratio"] == 1.0 and rows[0]["saved_bytes"] > 0  # autograd against itself
     assert {r["backend"] for r in rows if r["saved_bytes"] is None} == {"no_autograd", "fused_step"}  # no graph
 
     # row group 3: Lightning against the loops, at batch 10 and 1, on the same weights
     ends = saved["end_to_end_rows"]
-    assert [(r["batch"], r["contender"]) for r in ends] == [(b, c) for b in (10, 1) for c in benchmark.E2E_CONTENDERS]
+    assert [(r["batch"], r["contender"]) for r in ends] == [(b, c) for b in (10, 1) for c in E2E_CONTENDERS]
     assert all(r["examples"] == 40 and r["us_per_example"] > 0 and r["timed_epochs"] == 1 for r in ends)
     assert all(r["same_weights_as_bare_epoch"] for r in ends if r["contender"] == "lightning")
 
     table = capsys.readouterr().out
     assert "| nielsen_ch1 784-30-10 sigmoid, mse | 10 | cpu | fp32 | fused_step |" in table
     assert "| batch | examples an epoch | contender | us / example | Lightning / this |" in table
-    assert table.count("| 40 | ") == 2 * len(benchmark.E2E_CONTENDERS)
+    assert table.count("| 40 | ") == 2 * len(E2E_CONTENDERS)
 
 
 def test_without_mnist_the_end_to_end_rows_are_skipped(tmp_path, capsys):
-    assert benchmark.main(["--groups", "end_to_end", "--data-root", str(tmp_path / "nothing"),
+    assert main(["--groups", "end_to_end", "--data-root", str(tmp_path / "nothing"),
                            "--out-dir", str(tmp_path), "--name", "none"]) == 0
     assert json.loads((tmp_path / "none.json").read_text())["end_to_end_rows"] == []
     assert "row group 3 skipped: MNIST not readable" in capsys.readouterr().err

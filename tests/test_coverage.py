@@ -14,7 +14,7 @@ import torch
 import handgrad
 import handgrad.functional as F
 import handgrad.nn as hnn
-from handgrad.coverage import HANDGRAD_FUNCTIONS, op_and_kind
+from handgrad.coverage_graph import HANDGRAD_FUNCTIONS, op_and_kind
 from handgrad.coverage_report import BEFORE, NOT_OBSERVED, OUTSIDE, Counts, CoverageError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "coverage.md"

@@ -20,7 +20,9 @@ import sys
 import lightning as L
 import pytest
 import torch
-from test_train import REPO, SPIRALS, train
+from test_cli import REPO, SPIRALS
+
+from handgrad import cli
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -48,7 +50,7 @@ ARGS = ["--config", SPIRALS, "--trainer.max_epochs", "3", "--data.val_size", "29
 @pytest.mark.filterwarnings("ignore:.*when logging on epoch level in distributed setting")
 def test_two_processes_take_the_steps_of_one_on_the_same_global_batch(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
-    assert train.main([*ARGS, str(tmp_path / "one")]) == 0  # one process, in this one
+    assert cli.main([*ARGS, str(tmp_path / "one")]) == 0  # one process, in this one
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *ARGS, str(tmp_path / "ddp"),
                            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],

@@ -1,10 +1,13 @@
 """scripts/compare_batch_modes.py and scripts/gradient_flow.py on small data (their PNGs and TensorBoard
-runs), and scripts/callback_cost.py."""
+runs), handgrad.benchmarks.callback_cost, and every script run with its defaults leaving the tracked files alone."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -13,6 +16,8 @@ import lightning as L
 import pytest
 from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from handgrad.benchmarks import callback_cost
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,7 +31,6 @@ def script(name: str):
 
 
 compare_batch_modes, gradient_flow = script("compare_batch_modes"), script("gradient_flow")
-callback_cost = script("callback_cost")
 
 
 def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
@@ -120,3 +124,41 @@ def test_callback_cost_names_an_unknown_config_and_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         callback_cost.main(["--configs", "nope"])
     assert re.search(r"argument --configs: invalid choice: 'nope' \(choose from .*'mnist_mlp'", capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------- every script, with its defaults
+
+DEFAULT_RUNS = [  # each script as a user first runs it (small data where its defaults would read MNIST)
+    ["scripts/train.py", "--config", "spirals", "--trainer.max_epochs", "1"],
+    ["scripts/compare_batch_modes.py", "--quick"],
+    ["scripts/gradient_flow.py", "--quick"],
+    ["scripts/check_grads.py", "--only", "linear"],
+    ["scripts/callback_cost.py", "--configs", "spirals", "--epochs", "1"],
+    ["scripts/benchmark.py", "--quick", "--groups", "steps", "--only", "10", "--repeats", "2"],
+]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_scripts_leave_every_tracked_file_as_it_was(tmp_path):
+    """In a copy of the repository's tracked files (a git repository of its own), each script run with its
+    defaults writes under logs/ (ignored) only: git status stays clean, the figures in docs/ included."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    copy = tmp_path / "repo"
+    for name in filter(None, tracked.split("\0")):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "copy"]):
+        subprocess.run(git + command, cwd=copy, check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, *args], cwd=copy, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True) for args in DEFAULT_RUNS]  # side by side
+    for args, process in zip(DEFAULT_RUNS, runs, strict=True):
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, (args, err[-2000:])
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=copy, capture_output=True,
+                            text=True, check=True).stdout
+    assert status == "", status
+    assert (copy / "logs" / "compare_batch_modes" / "batch_modes.png").is_file()
+    assert (copy / "logs" / "gradient_flow" / "gradient_flow.png").is_file()

@@ -3,7 +3,7 @@ line that names the value and the fix, exit status 2 and no traceback.
 
 Config values: typos in keys and values, Trainer settings the machine cannot honour. Data: missing,
 truncated, corrupt or mismatched IDX files. Training: a loss that becomes nan (with the last good
-checkpoint kept). Refusals of single values (batch size, learning rate, ...) are in test_train.py,
+checkpoint kept). Refusals of single values (batch size, learning rate, ...) are in test_cli.py,
 test_data.py and test_lit_module.py; op misuse (shapes, class indices, dtypes) in test_functional*.py.
 """
 
@@ -19,8 +19,9 @@ import lightning.pytorch.accelerators.cuda
 import pytest
 import torch
 from conftest import write_fake_mnist
-from test_train import NIELSEN, SPIRALS, train
+from test_cli import NIELSEN, SPIRALS
 
+from handgrad import cli
 from handgrad.data import ConfigError, DataModule
 from handgrad.lit_module import Classifier, DivergenceError
 from handgrad.models import MLP
@@ -33,8 +34,8 @@ def workdir(tmp_path, monkeypatch, one_thread):
 
 
 def one_line_error(args: list[str], capsys) -> str:
-    """Run scripts/train.py's main; check it stopped with status 2 and one line on stderr; return the line."""
-    assert train.main(args) == 2
+    """Run handgrad.cli.main; check it stopped with status 2 and one line on stderr; return the line."""
+    assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err.rstrip("\n")
@@ -168,8 +169,8 @@ def test_a_nan_loss_names_the_step_and_suggests_a_smaller_learning_rate(workdir,
 
 def test_a_learning_rate_that_kills_every_unit_does_not_crash_the_diagnostics(workdir, capsys):
     """At lr 1000 spirals' ReLU units all die: zero gradients, whose update ratio has no log10.
-    GradientFlow (on in spirals.yaml) used to hand TensorBoard an empty histogram, which it refuses."""
-    assert train.main(["--config", SPIRALS, "--trainer.max_epochs", "1", "--model.lr", "1000"]) == 0
+    GradientFlow (on in spirals.yaml) must not hand TensorBoard an empty histogram, which it refuses."""
+    assert cli.main(["--config", SPIRALS, "--trainer.max_epochs", "1", "--model.lr", "1000"]) == 0
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -187,15 +188,15 @@ class LearningRateJump(L.Callback):
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_divergence_keeps_the_last_good_checkpoint_to_resume_with_a_smaller_lr(workdir, capsys, monkeypatch):
-    build = train.build
+    build = cli.build
 
     def build_with_jump(args):
-        cli = build(args)
-        cli.trainer.callbacks.append(LearningRateJump(epoch=1, lr=1e30))
-        return cli
+        run = build(args)
+        run.trainer.callbacks.append(LearningRateJump(epoch=1, lr=1e30))
+        return run
 
     with monkeypatch.context() as patched:
-        patched.setattr(train, "build", build_with_jump)
+        patched.setattr(cli, "build", build_with_jump)
         line = one_line_error(["--config", SPIRALS, "--trainer.max_epochs", "3"], capsys)
     last = "logs/spirals/version_0/checkpoints/last.ckpt"
     assert line == ("error: training diverged: the loss became nan at optimiser step 81 (epoch 2); the last good "
@@ -206,7 +207,7 @@ def test_divergence_keeps_the_last_good_checkpoint_to_resume_with_a_smaller_lr(w
 
     # Resumed with another learning rate, the run takes it (not the one saved with the optimiser's state).
     resumed = ["--config", SPIRALS, "--trainer.max_epochs", "3", "--ckpt_path", "last", "--model.lr", "0.05"]
-    assert train.main(resumed) == 0
+    assert cli.main(resumed) == 0
     checkpoint = torch.load(workdir / last, weights_only=False)
     assert checkpoint["global_step"] == 3 * 79 and checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == 0.05
 

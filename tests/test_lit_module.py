@@ -157,7 +157,7 @@ def test_the_fused_path_logs_what_the_autograd_path_logs():
         for tag, value in ours.items():
             assert value == pytest.approx(theirs[tag], rel=1e-5, abs=1e-6), f"{tag} at step {step}"
     assert [(tag, step) for tag, step, _ in fused.histograms] == [(tag, step) for tag, step, _ in layered.histograms]
-    assert {tag for tag, _, _ in fused.histograms} == {f"{kind}/layers.{i}.{p}" for kind in ("weights", "grads")
+    assert {tag for tag, _, _ in fused.histograms} == {f"{kind}/layers.{i}.{p}" for kind in ("weights", "grad")
                                                        for i in (0, 1) for p in ("weight", "bias")}
     for (tag, step, ours), (_, _, theirs) in zip(fused.histograms, layered.histograms, strict=True):
         torch.testing.assert_close(ours, theirs, msg=lambda m, tag=tag, step=step: f"{tag} at {step}: {m}")

@@ -1,4 +1,4 @@
-"""Reproducibility and resuming, through scripts/train.py: the same seed gives the same run; a run
+"""Reproducibility and resuming, through handgrad.cli: the same seed gives the same run; a run
 stopped after an epoch, or by Ctrl-C in the middle of one, and resumed with --ckpt_path last ends
 with the weights, optimiser state and metrics of a run that never stopped."""
 
@@ -10,7 +10,9 @@ import signal
 import lightning as L
 import pytest
 import torch
-from test_train import SPIRALS, events, scalars, train
+from test_cli import SPIRALS, events, scalars
+
+from handgrad import cli
 
 # 2500 spirals at batch 32: 79 steps an epoch, in 4 chunks of 19-20 steps (chunk_size 640).
 # Dropout and momentum make the random state and the optimiser state part of what must be restored.
@@ -31,7 +33,7 @@ def sigint_handler():
 def fit(workdir, monkeypatch, *args: str) -> int:
     workdir.mkdir(exist_ok=True)
     monkeypatch.chdir(workdir)
-    return train.main([*RUN, *args])
+    return cli.main([*RUN, *args])
 
 
 def last_checkpoint(workdir) -> dict:
@@ -99,22 +101,24 @@ class CtrlC(L.Callback):
 
 def test_ctrl_c_saves_a_checkpoint_after_the_chunk_and_the_resumed_run_ends_as_if_never_stopped(
         tmp_path, monkeypatch, capsys, sigint_handler, uninterrupted):
-    build = train.build
+    build = cli.build
 
     def build_with_ctrl_c(args):
-        cli = build(args)
-        cli.trainer.callbacks.append(CtrlC(epoch=1, chunk=1))  # in epoch 2, during its second chunk
-        return cli
+        run = build(args)
+        run.trainer.callbacks.append(CtrlC(epoch=1, chunk=1))  # in epoch 2, during its second chunk
+        return run
 
     with monkeypatch.context() as patched:
-        patched.setattr(train, "build", build_with_ctrl_c)
+        patched.setattr(cli, "build", build_with_ctrl_c)
         with pytest.raises(SystemExit) as stopped:  # Lightning exits with 1 after a KeyboardInterrupt
             fit(tmp_path, patched, "--trainer.max_epochs", "3")
     assert stopped.value.code == 1
     step = STEPS_PER_EPOCH + 39  # the chunk ran to its end: chunks of 20 and 19 steps
-    assert capsys.readouterr().err.endswith(
+    err = capsys.readouterr().err
+    assert err.endswith(
         f"interrupted after optimiser step {step} (epoch 2): saved logs/spirals/version_0/checkpoints/last.ckpt; "
         "resume with --ckpt_path last\n")
+    assert "weights_only" not in err  # Lightning's notice when a checkpoint is saved without saying what it holds
     assert last_checkpoint(tmp_path)["global_step"] == step
 
     assert fit(tmp_path, monkeypatch, "--trainer.max_epochs", "3", "--ckpt_path", "last") == 0

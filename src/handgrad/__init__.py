@@ -1,11 +1,25 @@
 """handgrad: neural networks whose gradients are written by hand and proven against autograd.
 
-``handgrad.data`` (the LightningDataModule) and ``handgrad.lit_module`` (the LightningModule)
-import Lightning and torchvision, so they are imported by name rather than here.
+``handgrad.functional``, ``handgrad.nn``, ``handgrad.models`` and ``handgrad.optim`` are imported
+on first use (``handgrad.nn.Linear`` works after ``import handgrad``), so that importing
+``handgrad.cli`` sets up the process (OPENBLAS_NUM_THREADS) before torch and numpy load.
+``handgrad.coverage`` (which gradients a backward computed by hand; handgrad.coverage_graph) is
+loaded on first use too. ``handgrad.data`` (the LightningDataModule) and ``handgrad.lit_module``
+(the LightningModule) import Lightning and torchvision, and are imported by name.
 """
 
-from handgrad import functional, models, nn, optim
-from handgrad.coverage import coverage
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["coverage", "functional", "models", "nn", "optim"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "coverage":
+        return importlib.import_module("handgrad.coverage_graph").coverage
+    if name in __all__:
+        return importlib.import_module(f"handgrad.{name}")
+    raise AttributeError(f"module 'handgrad' has no attribute {name!r}")

@@ -18,7 +18,7 @@ ceil(n_train / batch_size) optimiser steps:
 On several processes (Lightning's DDP) every rank gets every training chunk and trains on its
 slice of each mini-batch (see ChunkSampler), so batch_size stays the global batch. The training
 loader is resumable mid-epoch (ChunkLoader), and the IDX files are checked before torchvision
-reads them (check_idx_file): a damaged file is named with what is wrong and how to fix it.
+reads them (handgrad.datafiles): a damaged file is named with what is wrong and how to fix it.
 
 Reference: Nielsen, "Neural Networks and Deep Learning", ch. 1 (the 50k/10k split of
 MNIST's training set); CS231n, "Putting it together" (the spiral dataset).
@@ -28,26 +28,18 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import lightning as L
 import torch
-import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-# Dataset name -> torchvision class (None: generated here, no files needed).
-DATASETS: dict[str, type[torchvision.datasets.MNIST] | None] = {
-    "mnist": torchvision.datasets.MNIST,
-    "fashion_mnist": torchvision.datasets.FashionMNIST,
-    "spirals": None,
-}
+from handgrad.datafiles import DATASETS, check_idx_file, download, expected_files, torchvision_class
+from handgrad.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message is one line naming the value and the fix."""
-
+__all__ = ["DATASETS", "Chunk", "ChunkLoader", "ChunkSampler", "ChunkedTensors", "ConfigError", "DataModule",
+           "expected_files", "spirals"]
 
 class Chunk(NamedTuple):
     """Consecutive mini-batches of one epoch's order: x (M, *), y (M,), cut every ``batch_size`` rows."""
@@ -168,56 +160,6 @@ def spirals(n_per_class: int, classes: int = 3, noise: float = 0.2, seed: int = 
     return x, y
 
 
-def torchvision_class(dataset: str) -> type[torchvision.datasets.MNIST]:
-    """The torchvision class that reads ``dataset`` (one of the DATASETS read from files)."""
-    cls = DATASETS[dataset]
-    if cls is None:
-        raise ValueError(f"data.dataset={dataset!r} is generated, not read from files")
-    return cls
-
-
-def expected_files(dataset: str, root: str) -> list[str]:
-    """Where torchvision looks for ``dataset``: <root>/<ClassName>/raw/<file> for each IDX file."""
-    cls = torchvision_class(dataset)
-    raw = os.path.join(root, cls.__name__, "raw")
-    return [os.path.join(raw, os.path.splitext(filename)[0]) for filename, _ in cls.resources]
-
-
-def check_idx_file(path: str, kind: str, fix: str) -> int:
-    """Check that ``path`` is a whole IDX file of uint8 ``kind`` ("images" (N, 28, 28) or "labels" (N,)); return N.
-
-    torchvision's reader asserts without a message on a wrong header and fails in a reshape on
-    a truncated file. Layout: magic bytes 00 00 08 <ndim>, then ndim big-endian int32 sizes,
-    then prod(sizes) bytes. Anything else is a ConfigError naming the file, what is wrong, and ``fix``.
-    """
-    ndim = 3 if kind == "images" else 1
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path} is missing; run with --data.download true, or put the original uncompressed "
-                          "file there")
-    with open(path, "rb") as f:
-        header = f.read(4 + 4 * ndim)
-        size = os.fstat(f.fileno()).st_size
-    if header[:2] == b"\x1f\x8b":
-        problem, fix = "is gzip-compressed, and torchvision reads it uncompressed", f"gunzip it, or {fix}"
-    elif header[:4] != bytes([0, 0, 0x08, ndim]):
-        found = header[:4].hex(" ") or "missing (empty file)"
-        problem = f"is not an IDX file of {kind}: its first bytes are {found}, expected 00 00 08 {ndim:02x}"
-    elif len(header) < 4 + 4 * ndim:
-        problem = f"is truncated: it ends inside its {4 + 4 * ndim}-byte header ({size} bytes)"
-    else:
-        shape = struct.unpack(f">{ndim}I", header[4:])
-        expected = 4 + 4 * ndim + math.prod(shape)
-        if kind == "images" and shape[1:] != (28, 28):
-            problem = f"holds {' x '.join(map(str, shape))} images, not 28 x 28"
-        elif size != expected:
-            problem = (f"is {'truncated' if size < expected else 'longer than its header says'}: its header "
-                       f"announces {' x '.join(map(str, shape))} bytes of {kind}, {expected:,} bytes in all, but "
-                       f"the file has {size:,}")
-        else:
-            return shape[0]
-    raise ConfigError(f"{path} {problem}; {fix}")
-
-
 def parse_batch_size(batch_size: int | str) -> int | str:
     """A positive int or "full"; anything else is a ConfigError."""
     if batch_size == "full" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0):
@@ -278,7 +220,7 @@ class DataModule(L.LightningDataModule):
                     "place them there, point --data.root at the folder that holds "
                     f"{torchvision_class(dataset).__name__}/raw/, or pass --data.download true"
                 )
-        self.save_hyperparameters()  # TensorBoard's HPARAMS tab shows them beside the model's
+        self.save_hyperparameters()  # kept in checkpoints beside the model's
         self.dataset, self.root, self.download = dataset, root, download
         self.val_size, self.seed, self.chunk_size = val_size, seed, chunk_size
         self.eval_batch_size, self.data_on_device = eval_batch_size, data_on_device
@@ -289,22 +231,12 @@ class DataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------- loading
 
     def prepare_data(self) -> None:
-        """Download once (Lightning calls this on one process only)."""
-        cls = DATASETS[self.dataset]
-        if cls is None or not self.download:
-            return
-        for train in (True, False):
-            try:
-                cls(self.root, train=train, download=True)
-            except Exception as err:  # no network, a proxy, a bad mirror: all end the same way
-                reason = " ".join(str(err).split())[:200]
-                raw = os.path.join(self.root, cls.__name__, "raw")
-                raise ConfigError(
-                    f"could not download {self.dataset} into {raw} ({reason}); "
-                    f"offline, copy {', '.join(os.path.basename(f) for f in expected_files(self.dataset, self.root))} "
-                    f"(uncompressed) into that folder by hand, or point --data.root at a folder that holds "
-                    f"{cls.__name__}/raw/ and pass --data.download false"
-                ) from err
+        """Download the files if they are missing (handgrad.datafiles.download: all four or nothing).
+
+        Lightning calls this on one process per machine; handgrad.cli calls it before it builds the
+        Trainer too, so that a failed download is a run's first and only output."""
+        if self.download and DATASETS[self.dataset] is not None:
+            download(self.dataset, self.root)
 
     def load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The training or test split as tensors: images (N, 1, 28, 28) in [0, 1], labels (N,)."""

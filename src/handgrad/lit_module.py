@@ -39,7 +39,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from handgrad.callbacks import HISTOGRAM_BINS
-from handgrad.data import Chunk, ConfigError
+from handgrad.data import Chunk
+from handgrad.errors import ConfigError
 from handgrad.optim import SGD
 from handgrad.steps import (
     autograd_steps,
@@ -124,6 +125,8 @@ class Classifier(L.LightningModule):
         self.cost = loss_function(loss, getattr(net, "backend", "hand"))
         self.fused_blocker = "model.fused=false" if fused is False else blocker  # None: the fused step applies
         self.fused_step: bool | None = None  # the path the latest chunk took
+        self.loaded_step: int | None = None  # optimiser step and epoch (0-based) of the latest checkpoint loaded
+        self.loaded_epoch: int | None = None
         self.val_loss, self.val_acc = MeanMetric(), MulticlassAccuracy(self.num_classes, average="micro")
         self.test_loss, self.test_acc = MeanMetric(), MulticlassAccuracy(self.num_classes, average="micro")
 
@@ -228,6 +231,7 @@ class Classifier(L.LightningModule):
             "train/loss": (losses * weights).sum() / n,
             "train/acc": right.float() / n,
             "train/lr": float(optimizer.param_groups[0]["lr"]),
+            "train/epoch": float(self.current_epoch + 1),  # 1 = the first, as the progress bar counts
             "step": float(self.global_step),  # Lightning's loggers use a logged "step" as the x value
         }, prog_bar=False)
 
@@ -238,7 +242,7 @@ class Classifier(L.LightningModule):
         for name, p in self.net.named_parameters():
             writer.add_histogram(f"weights/{name}", p.detach(), self.global_step, bins=HISTOGRAM_BINS)
             if p.grad is not None:  # the last mini-batch's gradient (zero_grad runs before backward)
-                writer.add_histogram(f"grads/{name}", p.grad, self.global_step, bins=HISTOGRAM_BINS)
+                writer.add_histogram(f"grad/{name}", p.grad, self.global_step, bins=HISTOGRAM_BINS)
 
     # ----------------------------------------------------------------------- evaluation: big batches
 
@@ -253,7 +257,7 @@ class Classifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         acc = self.val_acc.compute()
-        self.log_dict({"val/loss": self.val_loss.compute(), "val/acc": acc, "hp_metric": acc,
+        self.log_dict({"val/loss": self.val_loss.compute(), "val/acc": acc,
                        "step": float(self.global_step)}, prog_bar=False)
         self.val_loss.reset()
         self.val_acc.reset()
@@ -264,7 +268,11 @@ class Classifier(L.LightningModule):
         self.test_acc.update(output, chunk.y)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({"test/loss": self.test_loss.compute(), "test/acc": self.test_acc.compute()})
+        # At the optimiser step of the weights tested: the checkpoint's when trainer.test loaded one (it
+        # restores the weights, not the trainer's step count). With a "step" key Lightning uses it as the
+        # x value, rather than its count of logged chunks, and adds no "epoch" scalar.
+        self.log_dict({"test/loss": self.test_loss.compute(), "test/acc": self.test_acc.compute(),
+                       "step": float(self.tested_step)}, prog_bar=False)
         self.test_loss.reset()
         self.test_acc.reset()
 
@@ -299,10 +307,18 @@ class Classifier(L.LightningModule):
             for group in state["param_groups"]:
                 group.update(lr=self.hparams["lr"], momentum=self.hparams["momentum"],
                              weight_decay=self.hparams["weight_decay"])
+        self.loaded_step, self.loaded_epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
         if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
+
+    @property
+    def tested_step(self) -> int:
+        """The optimiser step of the weights trainer.test runs on: the loaded checkpoint's, else the latest."""
+        if self.trainer.ckpt_path is not None and self.loaded_step is not None:
+            return self.loaded_step
+        return self.global_step
 
     def configure_optimizers(self) -> SGD:
         return SGD(self.net.parameters(), lr=self.hparams["lr"], momentum=self.hparams["momentum"],

@@ -156,7 +156,7 @@ class coverage:
     on a loss computed already. ``strict=True`` raises CoverageError, after the backward, if any
     arithmetic node is not handgrad's; the report is then in the error's ``report``."""
 
-    CoverageError = CoverageError  # handgrad.coverage.CoverageError: in handgrad, this class hides its module
+    CoverageError = CoverageError  # handgrad.coverage.CoverageError, as the class is what handgrad.coverage names
 
     def __init__(self, model: torch.nn.Module | None = None, *, strict: bool = False):
         self.index = ModuleIndex(model)

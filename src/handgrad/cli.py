@@ -1,0 +1,216 @@
+"""handgrad's command line: train a network with Lightning, then test it (``handgrad-train``,
+``python scripts/train.py``).
+
+    handgrad-train                                     # configs/mnist_mlp.yaml
+    handgrad-train --config nielsen_ch1                # a shipped config by name, or any YAML file
+    handgrad-train --config sgd --model.lr 0.05 --data.batch_size 1 --trainer.max_epochs 3
+    handgrad-train --config nielsen_ch1 --ckpt_path last      # resume its newest run
+    handgrad-train --config nielsen_ch1 --help                # its options and their values
+    handgrad-train --trainer.accelerator gpu --trainer.devices 4 --trainer.strategy ddp
+
+A LightningCLI: every constructor argument of handgrad.lit_module.Classifier (--model.*), its
+network (--model.net.*), handgrad.data.DataModule (--data.*), Lightning's Trainer (--trainer.*)
+and the checkpoint callback (--checkpoint.*) is a key of the YAML and an option. Runs go to
+logs/<config name>/version_N/ (TensorBoard events, the resolved config.yaml, checkpoints/ with the
+best checkpoint by val/acc, which the test uses, and last.ckpt, see handgrad.checkpointing).
+
+A setting that cannot work stops the run before training with one line, "error: ...", and exit
+status 2; so does a failed download (before Lightning prints anything) and a loss that becomes
+nan or inf. A finished run ends with one line: the test accuracy, the checkpoint tested, the wall
+time, the run's folder and the TensorBoard command (handgrad.terminal).
+"""
+
+from __future__ import annotations
+
+import os
+
+# One OpenBLAS thread, set before numpy loads (handgrad's __init__ imports nothing heavy): TensorBoard's
+# histograms call numpy, whose OpenBLAS otherwise starts a pool of its own that spins beside torch's
+# thread (10 us per example on nielsen_ch1 on a 2-core machine; docs/performance.md). An explicit
+# OPENBLAS_NUM_THREADS wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import difflib
+import logging
+import re
+import sys
+import time
+import warnings
+
+import torch
+from jsonargparse import ArgumentError
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from handgrad.checkpointing import LatestCheckpoint, StopOnInterrupt, find_last_checkpoint
+from handgrad.cli_help import BriefSubclasses, full_help, short_help
+from handgrad.configfiles import last_config, with_config_files
+from handgrad.data import DataModule
+from handgrad.errors import ConfigError
+from handgrad.hparams import write_hparams
+from handgrad.lit_module import Classifier, DivergenceError
+from handgrad.terminal import EpochLines, ProgressBar, console_above_bar, process_seconds, say, summary
+
+# Our loaders cut batches from in-memory tensors: worker processes would only add cost.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# main() passes the argument list on explicitly (with the default config inserted).
+warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")
+# Raised inside Lightning 2.6 by torch >= 2.10; nothing a user of this command can change.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# --ckpt_path last goes on in the same run folder, whose checkpoints/ holds the run's earlier checkpoints.
+warnings.filterwarnings("ignore", "Checkpoint directory .* exists and is not empty")
+# Under DDP: the validation and test metrics are torchmetrics' compute(), already gathered over the ranks.
+warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+# "Seed set to 0" would precede an error line; the seed is in the saved config.yaml anyway.
+logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+# The summary line names the checkpoint tested; Lightning's two lines about loading it say it again.
+TEST_QUIET = ("Restoring states from the checkpoint path", "Loaded model weights from the checkpoint")
+LIGHTNING_ADVERT = "💡 Tip: For seamless cloud logging"  # printed when the Trainer is built
+
+
+class TrainCLI(LightningCLI):
+    """LightningCLI plus --ckpt_path ("last": this config's newest run), --threads and --checkpoint.*;
+    -h and --help_all (handgrad.cli_help); the data downloaded before the Trainer is built; and a
+    progress bar in a terminal, one line per epoch elsewhere (handgrad.terminal)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help='Resume fit from this checkpoint; "last": the latest run of this config.')
+        parser.add_argument("--threads", type=int | None, default=None,
+                            help="CPU threads for torch's ops (torch.set_num_threads); null: one per core.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/acc",
+            "checkpoint.mode": "max",
+            "checkpoint.filename": "epoch{epoch:03d}-step{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        global PARSER
+        PARSER = super().init_parser(**kwargs)  # kept for explain()'s "did you mean"
+        return PARSER
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """-h / --help: handgrad's options with the values of the config in use; --help_all: every option."""
+        args = list(args)
+        if "--help_all" in args:
+            print(full_help(parser, last_config(args)))
+            sys.exit(0)
+        if "-h" in args or "--help" in args:
+            print(short_help(parser, args, last_config(args)))
+            sys.exit(0)
+        super().parse_arguments(parser, args)
+
+    def before_instantiate_classes(self) -> None:
+        if self.config.threads is not None:
+            if self.config.threads < 1:
+                raise ConfigError(f"threads={self.config.threads} must be >= 1 (or null for one per core)")
+            torch.set_num_threads(self.config.threads)
+        if self.config.ckpt_path == "last":
+            self.config.ckpt_path, version = find_last_checkpoint(self.config.trainer.logger)
+            self.config.trainer.logger.init_args.version = version  # continue in the same run folder
+        elif self.config.ckpt_path is not None and not os.path.isfile(self.config.ckpt_path):
+            raise ConfigError(f"--ckpt_path {self.config.ckpt_path}: no such file; pass a .ckpt file, e.g. "
+                              "logs/<config>/version_N/checkpoints/last.ckpt, or 'last' for this config's newest run")
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        """Download the data before the Trainer exists (and prints its "GPU available" lines), so that a
+        failure is the run's first and only output: on one process per machine (LOCAL_RANK 0), as
+        Lightning's prepare_data would; the others find the files there or wait in prepare_data.
+        Then add the progress bar, or the epoch lines where it is switched off, decided on the final
+        trainer.enable_progress_bar (Lightning refuses a bar callback beside enable_progress_bar=False)."""
+        if os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) == "0":
+            self.datamodule.prepare_data()
+        shown = ProgressBar() if self.config.trainer.enable_progress_bar else EpochLines()
+        self.trainer_defaults["callbacks"] = [*self.trainer_defaults["callbacks"], shown]
+        with console_above_bar(quiet=(LIGHTNING_ADVERT,)):
+            return super().instantiate_trainer(**kwargs)
+
+
+PARSER: LightningArgumentParser | None = None  # the parser of the latest build()
+
+
+def config_name(args: list[str]) -> str:
+    """The run's folder under logs/: the name of the last --config file."""
+    return os.path.splitext(os.path.basename(last_config(args)))[0]
+
+
+def fail(err: Exception, hint: bool = False) -> int:
+    """Print the error as one line, "error: ...", and return exit status 2."""
+    message = explain(err) if isinstance(err, ArgumentError) else " ".join(str(err).split())
+    say(f"error: {message}" + (" (see --help)" if hint else ""))
+    return 2
+
+
+def explain(err: ArgumentError) -> str:
+    """jsonargparse's message, with the likely key where one is unknown and the allowed values
+    where it lists the types of a Literal union (trainer.precision: 15 lines of types otherwise)."""
+    message = " ".join(str(err).split())
+    unknown = (re.search(r"unrecognized arguments: --([\w.]+)", message)
+               or re.search(r"Group '([\w.]+)' does not accept option '(\w+)'", message))
+    if unknown and PARSER is not None:
+        group, _, name = ".".join(unknown.groups()).rpartition(".")
+        siblings = [key.rpartition(".")[2] for key in PARSER.get_defaults().keys() if key.rpartition(".")[0] == group]
+        close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+        return message + (f"; did you mean {'.'.join(filter(None, (group, close[0])))}?" if close else "")
+    union = re.match(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes', message)
+    given = re.search(r"Given value: (.*)$", message)
+    if union and given:
+        choices = dict.fromkeys(value.strip("'") for values in re.findall(r"Literal\[([^\]]*)\]", message)
+                                for value in values.split(", "))
+        if choices:
+            return f"{union[1]}={given[1]!r} is not allowed; choose one of {', '.join(choices)}"
+    return message
+
+
+def build(args: list[str]) -> TrainCLI:
+    """Parse ``args`` (the default config first if none is given) and build the model, data and trainer."""
+    args = with_config_files(args)
+    trainer_defaults = {
+        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                   "init_args": {"save_dir": "logs", "name": config_name(args), "default_hp_metric": False}},
+        "log_every_n_steps": 1,  # a Lightning batch is a chunk of many optimiser steps: log each one
+        "enable_progress_bar": sys.stdout.isatty(),  # the bar and the epoch lines both write to stdout
+        "enable_autolog_hparams": False,  # handgrad.hparams writes the HPARAMS row, with real metrics
+        "callbacks": [LatestCheckpoint(), StopOnInterrupt()],  # and a ProgressBar or EpochLines: instantiate_trainer
+    }
+    # exit_on_error=False: a bad value raises (and main reports it in one line) instead of printing the usage.
+    return TrainCLI(Classifier, DataModule, args=args, run=False, trainer_defaults=trainer_defaults,
+                    seed_everything_default=0, auto_configure_optimizers=False,
+                    save_config_kwargs={"overwrite": True},
+                    parser_kwargs={"exit_on_error": False, "formatter_class": BriefSubclasses,
+                                   "description": "Train a handgrad network, then test it (-h: handgrad's options)."})
+
+
+def main(args: list[str] | None = None) -> int:
+    """Fit, test, and print the summary line; the exit status (2: a setting or the data refused)."""
+    started = time.perf_counter() - (process_seconds() if args is None else 0.0)  # the command's wall time
+    try:
+        cli = build(sys.argv[1:] if args is None else list(args))
+    except (ArgumentError, ValueError, MisconfigurationException) as err:  # parsing, or a constructor refusing
+        return fail(err, hint=isinstance(err, ArgumentError))  # a value (ConfigError, Lightning's Trainer)
+    trainer = cli.trainer
+    if cli.config.ckpt_path is None:  # once per run folder: a resumed run has its HPARAMS row already
+        write_hparams(trainer, cli.config)
+    try:
+        with console_above_bar():
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    except (ConfigError, DivergenceError) as err:  # found while preparing the data, or the loss became nan
+        return fail(err) if trainer.is_global_zero else 2
+    best = next((c for c in trainer.checkpoint_callbacks  # --checkpoint.*
+                 if isinstance(c, ModelCheckpoint) and not isinstance(c, LatestCheckpoint)), None)
+    tested = best.best_model_path if best is not None else ""  # the best by --checkpoint.monitor, if any
+    with console_above_bar(quiet=TEST_QUIET):
+        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested or None, verbose=False)
+    if trainer.is_global_zero:
+        monitor = best.monitor if best is not None and tested else None
+        print(summary(trainer, cli.model, results[0] if results else {}, monitor, time.perf_counter() - started),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
