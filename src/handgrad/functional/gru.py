@@ -147,7 +147,7 @@ class GRU(Function):
     @staticmethod
     def forward(input, hx, spec, *tensors):
         masks, params = tensors[:spec.masks], tensors[spec.masks:]
-        return recurrent_stack.stack_forward(GRU_CELL, spec, input, (hx,), masks, params)
+        return recurrent_stack.forward(GRU_CELL, spec, input, (hx,), masks, params)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -155,11 +155,11 @@ class GRU(Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        return recurrent_stack.stack_backward(GRU_CELL, ctx, grads)
+        return recurrent_stack.backward(GRU_CELL, ctx, grads)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        return recurrent_stack.stack_jvp(GRU_CELL, ctx, tangents)
+        return recurrent_stack.jvp(GRU_CELL, ctx, tangents)
 
 
 def gru(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=True, bidirectional=False,

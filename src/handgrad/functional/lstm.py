@@ -150,7 +150,7 @@ class LSTM(Function):
     @staticmethod
     def forward(input, hx, cx, spec, *tensors):
         masks, params = tensors[:spec.masks], tensors[spec.masks:]
-        return recurrent_stack.stack_forward(LSTM_CELL, spec, input, (hx, cx), masks, params)
+        return recurrent_stack.forward(LSTM_CELL, spec, input, (hx, cx), masks, params)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -158,11 +158,11 @@ class LSTM(Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        return recurrent_stack.stack_backward(LSTM_CELL, ctx, grads)
+        return recurrent_stack.backward(LSTM_CELL, ctx, grads)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        return recurrent_stack.stack_jvp(LSTM_CELL, ctx, tangents)
+        return recurrent_stack.jvp(LSTM_CELL, ctx, tangents)
 
 
 def lstm(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=True, bidirectional=False,

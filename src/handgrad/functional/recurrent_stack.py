@@ -28,7 +28,7 @@ from handgrad.functional.dropout import as_bytes
 from handgrad.functional.recurrent import Cell, Stack, Weights, plus
 
 
-def stack_forward(cell: Cell, spec: Stack, input, states0, masks, params) -> tuple:
+def forward(cell: Cell, spec: Stack, input, states0, masks, params) -> tuple:
     """The stack's forward: returns (*the caller's outputs, *inner layer outputs, *extras).
 
     The caller's outputs: (output, h_n[, c_n]) for a sequence, (h'[, c']) for a cell step.
@@ -56,7 +56,7 @@ def stack_forward(cell: Cell, spec: Stack, input, states0, masks, params) -> tup
     return (*user, *inner, *extras)
 
 
-def stack_backward(cell: Cell, ctx, grads: Sequence) -> tuple:
+def backward(cell: Cell, ctx, grads: Sequence) -> tuple:
     """The stack's backward: the gradient of every Function input, in the order the Function takes them
     (input, states0..., spec, masks..., params...).
 
@@ -116,7 +116,7 @@ def stack_backward(cell: Cell, ctx, grads: Sequence) -> tuple:
     return (grad_input, *grad_states0, None, *([None] * len(masks)), *grad_params)
 
 
-def stack_jvp(cell: Cell, ctx, tangents: Sequence) -> tuple:
+def jvp(cell: Cell, ctx, tangents: Sequence) -> tuple:
     """The stack's forward-mode derivative: a tangent for every output (the caller's, the inner layers', the
     extras), from the inputs' tangents (None: zero), by a forward sweep of each direction (the cells' jvps)."""
     spec, saved = ctx.spec, saved_tensors(ctx)

@@ -112,7 +112,7 @@ class RNN(Function):
     @staticmethod
     def forward(input, hx, spec, *tensors):
         masks, params = tensors[:spec.masks], tensors[spec.masks:]
-        return recurrent_stack.stack_forward(RNN_CELLS[spec.nonlinearity], spec, input, (hx,), masks, params)
+        return recurrent_stack.forward(RNN_CELLS[spec.nonlinearity], spec, input, (hx,), masks, params)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -120,11 +120,11 @@ class RNN(Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        return recurrent_stack.stack_backward(RNN_CELLS[ctx.spec.nonlinearity], ctx, grads)
+        return recurrent_stack.backward(RNN_CELLS[ctx.spec.nonlinearity], ctx, grads)
 
     @staticmethod
     def jvp(ctx, *tangents):
-        return recurrent_stack.stack_jvp(RNN_CELLS[ctx.spec.nonlinearity], ctx, tangents)
+        return recurrent_stack.jvp(RNN_CELLS[ctx.spec.nonlinearity], ctx, tangents)
 
 
 
