@@ -44,7 +44,7 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
     c_all, gates = extras  # (T, N, H), (T, N, 4H)
     grad_c_all, grad_gates = grad_extras
     grad_h_last, grad_c_last = grad_finals
-    length, n, hidden = c_all.shape
+    length = len(c_all)
     i, f, g, o = gates.chunk(4, 2)
     tanh_c = torch.tanh(c_all)
 
@@ -67,7 +67,7 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
         dm = dh if w.hr is None else dh @ w.hr  # (N, H): the gradient of o tanh(c)
         dc_carry = plus(dc_carry, None if grad_c_all is None else grad_c_all[t])
         dc = dm * c_coef[t] if dc_carry is None else torch.addcmul(dc_carry, dm, c_coef[t])
-        da = (torch.stack((dc, dc, dc, dm), 1) * gate_coef[t].reshape(n, 4, hidden)).reshape(n, 4 * hidden)
+        da = torch.cat((dc, dc, dc, dm), 1) * gate_coef[t]  # (N, 4H), blocks as the gates
         if extra is not None:
             da = da + extra[t]
         dc_carry = dc * f[t]
