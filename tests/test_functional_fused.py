@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import handgrad.functional as F
-from handgrad.functional.fused import ACTIVATIONS, combined_forward, linear_activation, mlp
+from handgrad.functional.fused import ACTIVATIONS, linear_activation, mlp
 from handgrad.verify import (
     compare,
     gradcheck,
@@ -252,28 +252,3 @@ def test_under_bf16_autocast_saves_no_more_than_autograd():
     autograd = saved_bytes(autocast_bf16(lambda: mlp_reference(**inputs, **kwargs)))
     assert 0 < hand <= autograd
 
-
-# --------------------------------------------------------------------------- combined_forward
-
-
-def test_combined_forward_hands_torch_one_forward_that_computes_and_stores():
-    class Cube(torch.autograd.Function):
-        """y = x^3, grad_x = 3 x^2 grad_y"""
-
-        @staticmethod
-        def forward(input):
-            return input**3
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0])
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            (x,) = ctx.saved_tensors
-            return 3 * x * x * grad_output
-
-    Cube = combined_forward(Cube)
-    assert Cube.setup_context is torch.autograd.Function.setup_context  # so torch calls forward(ctx, *args)
-    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(Cube.apply, (x,))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import handgrad.functional as F
-from handgrad.verify import RECURRENT_OPS, flat_parameters, recurrent_by_name
+from handgrad.verify.cases.recurrent import RECURRENT_OPS, flat_parameters, recurrent_by_name
 
 # gradcheck's forward-mode check scripts a helper with torch.jit, which torch 2.14 deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -317,3 +317,38 @@ def test_table_adapter_returns_each_output():
     output, h_n, c_n = (recurrent_by_name(**inputs, kind="lstm", returns=r) for r in ("output", "h_n", "c_n"))
     torch.testing.assert_close(output[-1], h_n[0])
     assert c_n.shape == (1, 2, 4)
+
+
+# --------------------------------------------------------------------------- torch.func
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("rnn_tanh", dict(num_layers=2, bidirectional=True)), ("rnn_relu", dict(batch_first=True)),
+    ("lstm", dict(num_layers=2, bidirectional=True)), ("lstm", dict(proj_size=1, batch_first=True)),
+    ("gru", dict(num_layers=2, bidirectional=True)), ("gru", dict(batched=False))])
+def test_per_sample_gradients_under_vmap(kind, options):
+    """torch.func.vmap(grad) of handgrad's op over 3 samples (batched input and initial states, shared parameters)
+    equals torch's op differentiated one sample at a time: torch's own op does not run under vmap (its CPU
+    cells add in place), so this is the per-sample reference (handgrad.verify's rows opt out of theirs)."""
+    batched = options.pop("batched", True)
+    batch_first = options.pop("batch_first", False)
+    proj_size = options.pop("proj_size", 0)
+    module = module_for(kind, proj_size=proj_size, **options)
+    samples = [leaves_and_call(kind, module, batched, batch_first, True, seed=seed) for seed in range(3)]
+    params = [p.detach() for p in samples[0][2]]
+    shape = run(F.__dict__[kind], kind, *samples[0], module, batch_first)[0].shape  # one sample's output
+    weights = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def loss(op, x, states, *params):  # a weighted sum of the output, so no symmetry hides an error
+        return (run(op, kind, x, list(states), list(params), module, batch_first)[0] * weights).sum()
+
+    argnums = tuple(range(1 + len(params)))
+    xs = torch.stack([x.detach() for x, _, _ in samples])
+    states = tuple(torch.stack([s[j].detach() for _, s, _ in samples]) for j in range(len(samples[0][1])))
+    ours = torch.func.vmap(torch.func.grad(lambda x, s, *p: loss(F.__dict__[kind], x, s, *p), argnums),
+                           in_dims=(0, 0, *[None] * len(params)))(xs, states, *params)
+    for i, (x, s, _) in enumerate(samples):
+        expected = torch.func.grad(lambda x, s, *p: loss(torch_op(kind), x, s, *p), argnums)(
+            x.detach(), tuple(t.detach() for t in s), *params)
+        for a, b in zip(ours, expected, strict=True):  # the input's, the states' (a tuple), the parameters'
+            torch.testing.assert_close(tuple(t[i] for t in a) if isinstance(a, tuple) else a[i], b)

@@ -20,7 +20,7 @@ from handgrad.benchmarks.networks import ROWS, build, make_batch, sequential
 from handgrad.benchmarks.step_time import training_step
 from handgrad.benchmarks.timing import time_interleaved
 from handgrad.data import DataModule
-from handgrad.functional.fused import combined_forward
+from handgrad.functional.function import TwinnedFunction, twinned
 from handgrad.functional.mlp_loss import mlp_loss_and_grads
 from handgrad.models import MLP
 from handgrad.optim import SGD
@@ -61,7 +61,7 @@ def breakdown(args) -> list[dict]:
         f"{name} full step": (lambda net=net: training_step(net, x, target)) for name, net in nets.items()}
     grad, relu_output = torch.randn(1024, 256), torch.randn(1024, 256).clamp_min(0)
     parts |= {"Function.apply with setup_context": lambda: plain.apply(one, 1.0),
-              "Function.apply, @combined_forward": lambda: combined.apply(one, 1.0),
+              "Function.call, @twinned": lambda: combined.call(one, 1.0),
               "relu backward (1024, 256), grad * bool mask": lambda: grad * (relu_output > 0),
               "relu backward (1024, 256), grad * sign(y)": lambda: grad * relu_output.sign(),
               "torch.optim.SGD.step": update_only(nets["autograd"]),
@@ -211,8 +211,8 @@ def logging_costs(args) -> list[dict]:
             for name, ts in times.items()]
 
 
-def calling_cost_probes() -> tuple[type[torch.autograd.Function], type[torch.autograd.Function]]:
-    """Two copies of a trivial Function (y = x * c): as written (forward + setup_context), and @combined_forward."""
+def calling_cost_probes() -> tuple[type[torch.autograd.Function], type[TwinnedFunction]]:
+    """Two copies of a trivial Function (y = x * c): as written (forward + setup_context), and @twinned."""
 
     class Scale(torch.autograd.Function):
         @staticmethod
@@ -227,7 +227,12 @@ def calling_cost_probes() -> tuple[type[torch.autograd.Function], type[torch.aut
         def backward(ctx, grad_output):
             return grad_output * ctx.c, None
 
-    class CombinedScale(Scale):
-        pass
+    @twinned
+    class TwinnedScale(TwinnedFunction):
+        forward, setup_context, backward = Scale.forward, Scale.setup_context, Scale.backward
 
-    return Scale, combined_forward(CombinedScale)
+        @staticmethod
+        def jvp(ctx, t_input, _t_c):
+            return t_input * ctx.c
+
+    return Scale, TwinnedScale

@@ -4,7 +4,7 @@ Every wrapper has the name, signature and semantics of its torch.nn.functional n
 and every backward is derived by hand in the Function's docstring.
 """
 
-from handgrad.functional.activations import leaky_relu, log_softmax, relu, sigmoid, softmax, tanh
+from handgrad.functional.activations import leaky_relu, relu, sigmoid, tanh
 from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
 from handgrad.functional.fused import linear_activation, mlp
@@ -16,6 +16,7 @@ from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
 from handgrad.functional.normalization import batch_norm, layer_norm
 from handgrad.functional.pooling import avg_pool2d, max_pool2d, max_pool2d_relu
 from handgrad.functional.rnn import rnn_relu, rnn_relu_cell, rnn_tanh, rnn_tanh_cell
+from handgrad.functional.softmax import log_softmax, softmax
 
 __all__ = [
     "avg_pool2d",

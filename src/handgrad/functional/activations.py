@@ -1,8 +1,9 @@
-"""Non-linear activations: sigmoid, tanh, relu, leaky_relu, softmax, log_softmax.
+"""Elementwise activations: sigmoid, tanh, relu, leaky_relu (softmax and log_softmax: softmax.py).
 
-Each derivative is written from the forward's *output* where it is a function of it
-(sigmoid, tanh, relu, softmax, log_softmax), and from a boolean mask where it is piecewise
-constant (leaky_relu), which costs one byte an element instead of four.
+Each derivative is written from the forward's *output* y where it is a function of it (sigmoid,
+tanh, relu): y is a differentiable output of the node, so differentiating the backward again (double
+backward) goes through y and needs nothing more. leaky_relu saves its input x, as torch does.
+Every Jacobian here is diagonal, so the jvp is the backward's formula applied to the tangent.
 
 Reference: Nielsen, "Neural Networks and Deep Learning", ch. 2; CS231n layers.py.
 """
@@ -12,9 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, twinned, zero_link
 
 # --------------------------------------------------------------------------- sigmoid
 
@@ -28,7 +28,10 @@ def stable_sigmoid(x: torch.Tensor) -> torch.Tensor:
     Only numbers <= 0 are exponentiated, so every e^(.) lies in (0, 1] for any finite x; torch's
     own kernel computes e^-x, which overflows to inf below x = -88 in float32. And no boolean
     mask: on CPU, ops on bool tensors run several times slower than this arithmetic.
+    In place on its own temporaries where ``may_overwrite()`` allows (not under a torch.func transform).
     """
+    if not may_overwrite():
+        return torch.exp(x.clamp(max=0)) / (1 + torch.exp(-x.abs()))
     denominator = x.abs().neg_().exp_().add_(1)  # 1 + e^-|x|
     return x.clamp(max=0).exp_().div_(denominator)  # e^min(x, 0) / (1 + e^-|x|)
 
@@ -49,12 +52,13 @@ SIGMOID_CLAMP = {wide: -math.log(torch.finfo(torch.float64 if wide else torch.fl
                  for wide in (False, True)}  # C of clamped_sigmoid_ (86.3, 707.4), by "is it float64"
 
 
-@combined_forward
-class Sigmoid(Function):
+@twinned
+class Sigmoid(TwinnedFunction):
     """y = sigma(x) = 1 / (1 + e^-x)          x (*)  ->  y (*)
 
     dy/dx = sigma(x) (1 - sigma(x)) = y (1 - y)
     grad_x = grad_y * y * (1 - y)             (saves the output y, not x)
+    t_y    = t_x * y * (1 - y)                (jvp: the same diagonal Jacobian, applied to the tangent)
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
@@ -66,27 +70,34 @@ class Sigmoid(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_output):
         (y,) = ctx.saved_tensors
         return grad_output * y * (1 - y)
 
+    @staticmethod
+    def jvp(ctx, t_input):
+        (y,) = ctx.saved_tensors
+        return t_input * y * (1 - y)
+
 
 def sigmoid(input: torch.Tensor) -> torch.Tensor:
     """Hand-written twin of torch.nn.functional.sigmoid."""
-    return Sigmoid.apply(input)
+    return Sigmoid.call(input)
 
 
 # --------------------------------------------------------------------------- tanh
 
 
-@combined_forward
-class Tanh(Function):
+@twinned
+class Tanh(TwinnedFunction):
     """y = tanh(x)                             x (*)  ->  y (*)
 
     dy/dx = 1 - tanh(x)^2 = 1 - y^2
     grad_x = grad_y * (1 - y^2)               (saves the output y)
+    t_y    = t_x * (1 - y^2)                  (jvp)
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
@@ -98,34 +109,54 @@ class Tanh(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_output):
         (y,) = ctx.saved_tensors
         return grad_output * (1 - y * y)
 
+    @staticmethod
+    def jvp(ctx, t_input):
+        (y,) = ctx.saved_tensors
+        return t_input * (1 - y * y)
+
 
 def tanh(input: torch.Tensor) -> torch.Tensor:
     """Hand-written twin of torch.nn.functional.tanh."""
-    return Tanh.apply(input)
+    return Tanh.call(input)
 
 
 # --------------------------------------------------------------------------- relu, leaky_relu
 
 
-@combined_forward
-class ReLU(Function):
+def passes(y: torch.Tensor) -> torch.Tensor:
+    """dy/dx of y = relu(x), read off y: 1 where y > 0 or y is NaN, 0 where y = 0.
+
+    torch's derivative, threshold_backward(grad, y, 0), keeps grad where not (y <= 0): a NaN input
+    (relu(NaN) = NaN) passes its gradient. sign(y) alone gives 0 there (sign(NaN) = 0), so NaN is
+    first mapped to 1: sign(nan_to_num(y, nan=1)). Two float kernels, faster on CPU than a bool mask
+    [y != 0] (ops on bool tensors are slow there). sign's derivative is 0: the result keeps a graph to y
+    of zero derivative.
+    """
+    return torch.sign(y.nan_to_num(nan=1.0))
+
+
+@twinned
+class ReLU(TwinnedFunction):
     """y = max(x, 0)                           x (*)  ->  y (*)
 
-    dy/dx = 1 where x > 0, else 0 (the subgradient 0 at x = 0, as torch uses)
-          = sign(y)                           (y >= 0, and y > 0 exactly where x > 0)
-    grad_x = grad_y * sign(y)                 (saves the output y)
+    dy/dx = 1 where x > 0, else 0 (the subgradient 0 at x = 0, as torch uses); 1 at a NaN x, as torch
+          = passes(y) = sign(nan_to_num(y, nan=1))     (y >= 0, and y > 0 exactly where x > 0)
+    grad_x = grad_y * passes(y)               (saves the output y)
+    t_y    = t_x * passes(y)                  (jvp)
 
-    Why y and not a bool mask [x > 0]: the next layer saves y as its input anyway, so it
-    costs no memory, and on CPU sign + mul is 5-10x faster than building a bool mask and
-    multiplying by it (scripts/benchmark.py). The one difference from torch's select: an inf or
-    nan upstream gradient at a unit with x <= 0 gives nan here (inf * 0), 0 in torch; such a
-    gradient has overflowed already (a loss scaler then skips the step either way).
+    Why y and not a bool mask [x > 0]: the next layer saves y as its input anyway, so it costs no
+    memory, and on CPU float kernels are faster than a bool mask (scripts/benchmark.py).
+    Double backward: passes(y) has derivative 0 but a graph to y, as torch's threshold_backward(grad,
+    y) has. The one difference from torch's select: an inf or nan upstream gradient at a unit with
+    x <= 0 gives nan here (inf * 0), 0 in torch; such a gradient has overflowed already (a loss scaler
+    then skips the step either way).
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
@@ -137,25 +168,36 @@ class ReLU(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad_output):
         (y,) = ctx.saved_tensors
-        return grad_output * y.sign()
+        return grad_output * passes(y)
+
+    @staticmethod
+    def jvp(ctx, t_input):
+        (y,) = ctx.saved_tensors
+        return t_input * passes(y)
 
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Hand-written twin of torch.nn.functional.relu (``inplace`` is accepted and ignored:
     the hand-written op always returns a new tensor)."""
-    return ReLU.apply(input)
+    return ReLU.call(input)
 
 
-@combined_forward
-class LeakyReLU(Function):
+@twinned
+class LeakyReLU(TwinnedFunction):
     """y = x if x > 0 else a x                 x (*)  ->  y (*),  a = negative_slope
 
-    dy/dx = 1 where x > 0, else a
-    grad_x = grad_y * where(x > 0, 1, a)      (saves the bool mask [x > 0])
+    dy/dx = 1 where x > 0, else a (a NaN x takes a, as in torch)
+    grad_x = where(x > 0, grad_y, a grad_y)   (saves the input x, as torch does)
+    t_y    = where(x > 0, t_x, a t_x)         (jvp)
+
+    Double backward: grad_x is linear in grad_y and constant in x (d grad_x / dx = 0), so while a
+    backward is differentiated it returns zero_link(grad_x, x): a graph to x of zero derivative, as
+    torch's leaky_relu_backward(grad, x) has (rule R4). That is why x is saved, not a bool mask.
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
@@ -166,90 +208,22 @@ class LeakyReLU(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, negative_slope = inputs
-        ctx.save_for_backward(input > 0)
-        ctx.negative_slope = negative_slope
+        input, ctx.negative_slope = inputs
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (positive,) = ctx.saved_tensors
-        return torch.where(positive, grad_output, grad_output * ctx.negative_slope), None
+        (x,) = ctx.saved_tensors
+        grad_input = torch.where(x > 0, grad_output, grad_output * ctx.negative_slope)
+        return zero_link(grad_input, x), None
+
+    @staticmethod
+    def jvp(ctx, t_input, _t_negative_slope):
+        (x,) = ctx.saved_tensors
+        return torch.where(x > 0, t_input, t_input * ctx.negative_slope)
 
 
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
     """Hand-written twin of torch.nn.functional.leaky_relu (``inplace`` is ignored)."""
-    return LeakyReLU.apply(input, negative_slope)
-
-
-# --------------------------------------------------------------------------- softmax, log_softmax
-
-
-@combined_forward
-class Softmax(Function):
-    """y_i = e^(x_i - m) / sum_j e^(x_j - m),  m = max_j x_j      along ``dim``
-
-    Subtracting the max changes nothing mathematically and keeps every exponent <= 0.
-    Jacobian: dy_i/dx_k = y_i ([i = k] - y_k), so
-    grad_x = y * (grad_y - sum_j grad_y_j y_j)    (saves the output y)
-    """
-
-    autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's softmax
-
-    @staticmethod
-    def forward(input, dim):
-        e = torch.exp(input - input.amax(dim, keepdim=True))
-        return e / e.sum(dim, keepdim=True)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-        ctx.dim = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (y,) = ctx.saved_tensors
-        return y * (grad_output - (grad_output * y).sum(ctx.dim, keepdim=True)), None
-
-
-@combined_forward
-class LogSoftmax(Function):
-    """y_i = x_i - logsumexp(x) = (x_i - m) - log sum_j e^(x_j - m),  m = max_j x_j
-
-    dy_i/dx_k = [i = k] - softmax(x)_k = [i = k] - e^(y_k), so
-    grad_x = grad_y - e^y * sum_j grad_y_j       (saves the output y)
-    """
-
-    autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's log_softmax
-
-    @staticmethod
-    def forward(input, dim):
-        shifted = input - input.amax(dim, keepdim=True)
-        return shifted - torch.log(torch.exp(shifted).sum(dim, keepdim=True))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-        ctx.dim = inputs[1]
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (y,) = ctx.saved_tensors
-        return grad_output - torch.exp(y) * grad_output.sum(ctx.dim, keepdim=True), None
-
-
-def _softmax_args(name: str, input: torch.Tensor, dim: int | None, dtype: torch.dtype | None) -> torch.Tensor:
-    if dim is None:
-        raise ValueError(f"{name}: pass dim explicitly, e.g. {name}(x, dim=-1) to normalise over the last axis")
-    if not -input.dim() <= dim < max(input.dim(), 1):
-        raise IndexError(f"{name}: dim={dim} is out of range for an input of shape {tuple(input.shape)}")
-    return input if dtype is None else input.to(dtype)
-
-
-def softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Hand-written twin of torch.nn.functional.softmax (``dim`` is required)."""
-    return Softmax.apply(_softmax_args("softmax", input, dim, dtype), dim)
-
-
-def log_softmax(input: torch.Tensor, dim: int | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Hand-written twin of torch.nn.functional.log_softmax (``dim`` is required)."""
-    return LogSoftmax.apply(_softmax_args("log_softmax", input, dim, dtype), dim)
+    return LeakyReLU.call(input, negative_slope)

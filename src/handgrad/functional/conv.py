@@ -15,9 +15,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as torch_F
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 IntPair = int | Sequence[int]  # an int for both axes, or one per axis (as torch takes them)
 
@@ -39,8 +38,8 @@ def output_padding(input_size: int, output_size: int, kernel: int, stride: int, 
     return input_size + 2 * padding - ((output_size - 1) * stride + dilation * (kernel - 1) + 1)
 
 
-@combined_forward
-class Conv2d(Function):
+@twinned
+class Conv2d(TwinnedFunction):
     """y[n, o] = b[o] + sum_{c in group(o)} sum_{i,j} W[o, c, i, j] * x_pad[n, c, s*h + d*i, s*w + d*j]
 
     Shapes:  x (N, C_in, H, W), W (C_out, C_in / g, kH, kW), b (C_out,)  ->  y (N, C_out, H_out, W_out)
@@ -58,6 +57,7 @@ class Conv2d(Function):
     """
 
     autocast = Autocast.LOWER_PRECISION  # as torch's conv2d: x, W, b cast to bf16 / fp16
+    once_differentiable = True  # first order only: saves x or W only where a gradient needs it, the jvp needs both (R5)
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
@@ -161,4 +161,4 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             f"shape {tuple(input.shape)} padded by {padding} to {padded}; use a smaller kernel, more padding "
             "or a larger input"
         )
-    return Conv2d.apply(input, weight, bias, stride, padding, dilation, groups)
+    return Conv2d.call(input, weight, bias, stride, padding, dilation, groups)

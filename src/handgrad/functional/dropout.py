@@ -9,35 +9,46 @@ Overfitting" (JMLR 2014); torch.nn.functional.dropout.
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, twinned
 
 
-@combined_forward
-class Dropout(Function):
+@twinned
+class Dropout(TwinnedFunction):
     """y = x * m / (1 - p),   m ~ Bernoulli(1 - p) drawn once per element      x (*), m (*) bool  ->  y (*)
 
-    The mask is an input, drawn by the wrapper, so the Function itself is deterministic.
+    The mask is an input, drawn by the wrapper, so the Function itself is deterministic (under
+    torch.vmap the wrapper's draw follows vmap's ``randomness`` argument, as torch's dropout does).
     dy/dx = m / (1 - p), a constant per element:
     grad_x = grad_y * m / (1 - p)                 (saves the bool mask m, one byte an element)
+    t_y    = t_x * m / (1 - p)                    (jvp)
+    Double backward: grad_x is linear in grad_y and has no graph to x, as torch's (its
+    native_dropout_backward reads only the mask).
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
 
     @staticmethod
     def forward(input, mask, scale):
-        return (input * as_bytes(mask)).mul_(scale)
+        kept = input * as_bytes(mask)
+        return kept.mul_(scale) if may_overwrite() else kept * scale
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         _, mask, ctx.scale = inputs
         ctx.save_for_backward(mask)
+        ctx.save_for_forward(mask)
 
     @staticmethod
     def backward(ctx, grad_output):
         (mask,) = ctx.saved_tensors
-        return (grad_output * as_bytes(mask)).mul_(ctx.scale), None, None
+        kept = grad_output * as_bytes(mask)
+        return kept.mul_(ctx.scale) if may_overwrite(grad_output) else kept * ctx.scale, None, None
+
+    @staticmethod
+    def jvp(ctx, t_input, _t_mask, _t_scale):
+        (mask,) = ctx.saved_tensors
+        return t_input * as_bytes(mask) * ctx.scale
 
 
 def as_bytes(mask: torch.Tensor) -> torch.Tensor:
@@ -57,6 +68,6 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
     if not training or p == 0 or input.numel() == 0:
         return input
     if p == 1:  # every element dropped; 1 / (1 - p) would be inf
-        return Dropout.apply(input, torch.zeros_like(input, dtype=torch.bool), 0.0)
+        return Dropout.call(input, torch.zeros_like(input, dtype=torch.bool), 0.0)
     mask = torch.empty_like(input, dtype=torch.bool).bernoulli_(1 - p)  # True = kept
-    return Dropout.apply(input, mask, 1 / (1 - p))
+    return Dropout.call(input, mask, 1 / (1 - p))

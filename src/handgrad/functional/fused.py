@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.autograd import Function
 
 from handgrad.functional.activations import clamped_sigmoid_
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 # --------------------------------------------------------------------------- activations, from their outputs
 
@@ -108,8 +107,8 @@ def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 # --------------------------------------------------------------------------- linear + activation
 
 
-@combined_forward
-class LinearActivation(Function):
+@twinned
+class LinearActivation(TwinnedFunction):
     """y = f(z),  z = x @ W^T + b
 
     Shapes:  x (N, D_in), W (D_out, D_in), b (D_out,)  ->  z, y (N, D_out)
@@ -125,6 +124,7 @@ class LinearActivation(Function):
     """
 
     autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16 (as_matmul_operand)
+    once_differentiable = True  # first order only: under autocast it saves copies made inside, not inputs (R1)
 
     @staticmethod
     def forward(input, weight, bias, activation, negative_slope):
@@ -164,8 +164,8 @@ def linear_activation(input: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     _check_activation("linear_activation", activation, negative_slope)
     check_layers("linear_activation", input, [weight], [bias])
     if input.dim() == 2:  # (N, D_in): the common case, without two reshapes
-        return LinearActivation.apply(input, weight, bias, activation, negative_slope)
-    output = LinearActivation.apply(input.reshape(-1, input.shape[-1]), weight, bias, activation, negative_slope)
+        return LinearActivation.call(input, weight, bias, activation, negative_slope)
+    output = LinearActivation.call(input.reshape(-1, input.shape[-1]), weight, bias, activation, negative_slope)
     return output.reshape(*input.shape[:-1], output.shape[-1])
 
 
@@ -184,8 +184,8 @@ class Activations:
         return self.output if l == num_layers else self.hidden
 
 
-@combined_forward
-class MLP(Function):
+@twinned
+class MLP(TwinnedFunction):
     """A stack of L fully connected layers as one node; backward is Nielsen's backpropagation.
 
     Forward, a_0 = x:
@@ -211,6 +211,7 @@ class MLP(Function):
     """
 
     autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16 (as_matmul_operand)
+    once_differentiable = True  # first order only: its backward reads the hidden a_l saved non-differentiable (R1)
 
     @staticmethod
     def forward(input, activations, *params):
@@ -251,8 +252,8 @@ def mlp(input: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[t
     check_layers("mlp", input, weights, biases)
     params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
     if input.dim() == 2:  # (N, D_0): the common case, without two reshapes
-        return MLP.apply(input, activations, *params)[0]
-    output, *_hidden = MLP.apply(input.reshape(-1, input.shape[-1]), activations, *params)
+        return MLP.call(input, activations, *params)[0]
+    output, *_hidden = MLP.call(input.reshape(-1, input.shape[-1]), activations, *params)
     return output.reshape(*input.shape[:-1], output.shape[-1])
 
 

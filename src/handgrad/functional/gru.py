@@ -9,10 +9,9 @@ torch.nn.GRU's equations (gate order r, z, n); CS231n rnn_layers.py.
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
 
 from handgrad.functional import recurrent, recurrent_stack
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 from handgrad.functional.recurrent import Cell, Weights, earlier, projected, steps, tangent_sum
 
 
@@ -55,21 +54,21 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
         e_n = torch.zeros_like(n) if g_n is None else g_n * (1 - n * n)
         e_z = torch.zeros_like(z) if g_z is None else g_z * (z - z * z)
         e_r = (e_n * hn if g_r is None else e_n * hn + g_r) * (r - r * r)
-        extra_x = torch.cat((e_r, e_z, e_n), 2)
-        extra_h = torch.cat((e_r, e_z, e_n * r if grad_hn is None else e_n * r + grad_hn), 2)
-    if grad_h_all is None:
-        grad_h_all = h_all.new_zeros(h_all.shape)
+        extra_x = torch.cat((e_r, e_z, e_n), 2).unbind(0)
+        extra_h = torch.cat((e_r, e_z, e_n * r if grad_hn is None else e_n * r + grad_hn), 2).unbind(0)
+    grad_h = (h_all.new_zeros(h_all.shape) if grad_h_all is None else grad_h_all).unbind(0)
+    gx_coef_t, gh_coef_t, z_t = gx_coef.unbind(0), gh_coef.unbind(0), z.unbind(0)  # each step's (N, .)
 
     d_x, d_h = [torch.empty(0)] * length, [torch.empty(0)] * length
     dh = dgh = torch.empty(0)
     next_t = length  # the step processed before t (the next one in time order)
     for visited, t in enumerate(reversed(steps(length, reverse))):
         if visited == 0:  # the direction's last step: h_n's gradient arrives here
-            dh = grad_h_all[t] if grad_h_last is None else grad_h_all[t] + grad_h_last
+            dh = grad_h[t] if grad_h_last is None else grad_h[t] + grad_h_last
         else:  # dh_t = grad_h_all[t] + dh_{t+1} z_{t+1} + dA_h,{t+1} W_hh
-            dh = torch.addmm(torch.addcmul(grad_h_all[t], dh, z[next_t]), dgh, w.hh)
-        dgx = (dh.unsqueeze(1) * gx_coef[t].reshape(n_rows, 3, hidden)).reshape(n_rows, 3 * hidden)
-        dgh = (dh.unsqueeze(1) * gh_coef[t].reshape(n_rows, 3, hidden)).reshape(n_rows, 3 * hidden)
+            dh = torch.addmm(torch.addcmul(grad_h[t], dh, z_t[next_t]), dgh, w.hh)
+        dgx = (dh.unsqueeze(1) * gx_coef_t[t].reshape(n_rows, 3, hidden)).reshape(n_rows, 3 * hidden)
+        dgh = (dh.unsqueeze(1) * gh_coef_t[t].reshape(n_rows, 3, hidden)).reshape(n_rows, 3 * hidden)
         if extra_x is not None and extra_h is not None:
             dgx, dgh = dgx + extra_x[t], dgh + extra_h[t]
         d_x[t], d_h[t], next_t = dgx, dgh, t
@@ -79,7 +78,7 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
     grad_w_hh = recurrent.hidden_weight_grad(dA_h, earlier(h_all, h0, reverse)) if needs_w.hh else None
     grad_b_ih = dA_x.sum((0, 1)) if w.b_ih is not None and needs_w.b_ih else None
     grad_b_hh = dA_h.sum((0, 1)) if w.b_hh is not None and needs_w.b_hh else None
-    grad_h0 = torch.addmm(dh * z[next_t], dgh, w.hh)
+    grad_h0 = torch.addmm(dh * z_t[next_t], dgh, w.hh)
     return grad_x, (grad_h0,), Weights(grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
 
 
@@ -114,8 +113,8 @@ GRU_CELL = Cell("GRU", states=1, extras=2, forward_direction=forward_direction,
                 backward_direction=backward_direction, jvp_direction=jvp_direction)
 
 
-@combined_forward
-class GRU(Function):
+@twinned
+class GRU(TwinnedFunction):
     """A stack of GRU layers over a sequence (recurrent.py), each direction this recurrence:
 
         gx_t = x_t W_ih^T + b_ih,   gh_t = h_{t-1} W_hh^T + b_hh        (N, 3H)  blocks [r, z, n]

@@ -7,9 +7,8 @@ gradient that flows back from it is the batch average of the per-example gradien
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -30,8 +29,8 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- mse_loss
 
 
-@combined_forward
-class MSELoss(Function):
+@twinned
+class MSELoss(TwinnedFunction):
     """L = reduce((x - t)^2),  d = x - t        x (*), t (*) -> L () or (*) with "none"
 
     Per element dL/dx = 2 d * s, where s = 1/n for "mean" (n elements), 1 for "sum",
@@ -41,6 +40,7 @@ class MSELoss(Function):
     """
 
     autocast = Autocast.FLOAT32  # as torch's mse_loss: float32 under autocast
+    once_differentiable = True  # first order only: its backward reads x - t, saved as a non-differentiable output (R1)
 
     @staticmethod
     def forward(input, target, reduction):
@@ -77,15 +77,15 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
             f"mse_loss: input of shape {tuple(input.shape)} and target of shape {tuple(target.shape)} differ; "
             "they must match exactly (for class labels, one-hot encode the target to the input's shape)"
         )
-    loss, _ = MSELoss.apply(input, target, reduction)
+    loss, _ = MSELoss.call(input, target, reduction)
     return loss
 
 
 # --------------------------------------------------------------------------- cross_entropy
 
 
-@combined_forward
-class CrossEntropy(Function):
+@twinned
+class CrossEntropy(TwinnedFunction):
     """Softmax cross-entropy of logits x (N, C) against class indices t (N,).
 
     Forward, with the max subtracted so no exponent is positive:
@@ -99,6 +99,7 @@ class CrossEntropy(Function):
     """
 
     autocast = Autocast.FLOAT32  # as torch's cross_entropy: float32 under autocast
+    once_differentiable = True  # first order only: its backward reads p = e^(log p), saved without a graph (R1)
 
     @staticmethod
     def forward(input, target, reduction):
@@ -159,5 +160,5 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, reduction: str = "m
                 f"cross_entropy: class index {bad} is out of range for logits of shape {tuple(input.shape)} "
                 f"({num_classes} classes: valid indices are 0..{num_classes - 1})"
             )
-    loss, _ = CrossEntropy.apply(input, target.long(), reduction)
+    loss, _ = CrossEntropy.call(input, target.long(), reduction)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss

@@ -8,10 +8,10 @@ Reference: Hochreiter & Schmidhuber, "Long Short-Term Memory" (1997); torch.nn.L
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
 
 from handgrad.functional import recurrent, recurrent_stack
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.activations import tanh
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 from handgrad.functional.recurrent import Cell, Weights, earlier, plus, projected, steps, tangent_sum
 
 
@@ -46,31 +46,32 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
     grad_h_last, grad_c_last = grad_finals
     length = len(c_all)
     i, f, g, o = gates.chunk(4, 2)
-    tanh_c = torch.tanh(c_all)
+    tanh_c = tanh(c_all)  # handgrad's: a second differentiation of this backward stays hand-written
 
     # Local derivatives of every step at once (they do not depend on the recursion).
     d_act = torch.cat((i - i * i, f - f * f, 1 - g * g, o - o * o), 2)  # (T, N, 4H): sigma' and tanh' from outputs
     gate_coef = torch.cat((g, earlier(c_all, c0, reverse), i, tanh_c), 2) * d_act  # dA = [dc, dc, dc, dm] * this
     c_coef = o * (1 - tanh_c * tanh_c)  # dc += dm * this
-    extra = None if grad_gates is None else grad_gates * d_act  # dA += this
-    if grad_h_all is None:
-        grad_h_all = h_all.new_zeros(h_all.shape)
+    extra = None if grad_gates is None else (grad_gates * d_act).unbind(0)  # dA += this
+    grad_h = (h_all.new_zeros(h_all.shape) if grad_h_all is None else grad_h_all).unbind(0)
+    grad_c = None if grad_c_all is None else grad_c_all.unbind(0)
+    c_coef_t, gate_coef_t, f_t = c_coef.unbind(0), gate_coef.unbind(0), f.unbind(0)  # each step's (N, .)
 
     d_gates, d_h = [torch.empty(0)] * length, [torch.empty(0)] * length
     dc_carry = grad_c_last  # the gradient reaching c_t from step t + 1 (from c_n at the last step)
     da = None
     for t in reversed(steps(length, reverse)):
         if da is None:  # the direction's last step: h_n's gradient arrives here
-            dh = grad_h_all[t] if grad_h_last is None else grad_h_all[t] + grad_h_last
+            dh = grad_h[t] if grad_h_last is None else grad_h[t] + grad_h_last
         else:
-            dh = torch.addmm(grad_h_all[t], da, w.hh)  # dh_t = grad_h_all[t] + dA_{t+1} W_hh
+            dh = torch.addmm(grad_h[t], da, w.hh)  # dh_t = grad_h_all[t] + dA_{t+1} W_hh
         dm = dh if w.hr is None else dh @ w.hr  # (N, H): the gradient of o tanh(c)
-        dc_carry = plus(dc_carry, None if grad_c_all is None else grad_c_all[t])
-        dc = dm * c_coef[t] if dc_carry is None else torch.addcmul(dc_carry, dm, c_coef[t])
-        da = torch.cat((dc, dc, dc, dm), 1) * gate_coef[t]  # (N, 4H), blocks as the gates
+        dc_carry = plus(dc_carry, None if grad_c is None else grad_c[t])
+        dc = dm * c_coef_t[t] if dc_carry is None else torch.addcmul(dc_carry, dm, c_coef_t[t])
+        da = torch.cat((dc, dc, dc, dm), 1) * gate_coef_t[t]  # (N, 4H), blocks as the gates
         if extra is not None:
             da = da + extra[t]
-        dc_carry = dc * f[t]
+        dc_carry = dc * f_t[t]
         d_gates[t], d_h[t] = da, dh
 
     dA = torch.stack(d_gates)  # (T, N, 4H)
@@ -93,7 +94,7 @@ def jvp_direction(x, states0, w: Weights, reverse: bool, h_all, extras, t_x, t_s
     h0, c0 = states0
     c_all, gates = extras
     i, f, g, o = gates.chunk(4, 2)
-    tanh_c = torch.tanh(c_all)
+    tanh_c = tanh(c_all)
     d_act = torch.cat((i - i * i, f - f * f, 1 - g * g, o - o * o), 2)
     c_prev = earlier(c_all, c0, reverse)
     t_gx = tangent_sum(gates.shape, projected(t_x, w.ih), projected(x, t_w.ih),
@@ -116,8 +117,8 @@ LSTM_CELL = Cell("LSTM", states=2, extras=2, forward_direction=forward_direction
                  backward_direction=backward_direction, jvp_direction=jvp_direction)
 
 
-@combined_forward
-class LSTM(Function):
+@twinned
+class LSTM(TwinnedFunction):
     """A stack of LSTM layers over a sequence (recurrent.py), each direction this recurrence:
 
         a_t = x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T            (N, 4H)  blocks [a_i, a_f, a_g, a_o]

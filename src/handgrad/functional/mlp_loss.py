@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 from handgrad.functional.fused import (
     Activations,
     as_cost_operand,
@@ -58,8 +57,8 @@ def residual_scale(residual: torch.Tensor, loss: str, reduction: str) -> float:
     return 2 * s if loss == "mse" else s
 
 
-@combined_forward
-class MLPLoss(Function):
+@twinned
+class MLPLoss(TwinnedFunction):
     """An MLP's cost against a target (see MLP), as one node: the cost's gradient enters BP1.
 
     Forward, y = MLP(x) (N, D_L), reduced with s = 1/n for "mean" and s = 1 for "sum":
@@ -79,6 +78,7 @@ class MLPLoss(Function):
     """
 
     autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16, the cost in float32
+    once_differentiable = True  # first order only: its backward reads r, y, a_l saved non-differentiable (R1)
 
     @staticmethod
     def forward(input, target, loss, reduction, activations, *params):
@@ -127,7 +127,7 @@ def mlp_loss(input: torch.Tensor, target: torch.Tensor, weights: Sequence[torch.
     activations, target = _check_mlp_loss_args("mlp_loss", input, target, weights, biases, activation,
                                                output_activation, loss, reduction, negative_slope)
     params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
-    value, output, *_ = MLPLoss.apply(input, target, loss, reduction, activations, *params)
+    value, output, *_ = MLPLoss.call(input, target, loss, reduction, activations, *params)
     return value, output
 
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.autograd import Function
 
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 
 def standardized_grad(grad_xhat, xhat, invstd, mean_g, mean_g_xhat):
@@ -59,8 +58,8 @@ def channel_sum(t: torch.Tensor) -> torch.Tensor:
     return t.sum(0).reshape(t.shape[1], -1).sum(1)
 
 
-@combined_forward
-class BatchNormTrain(Function):
+@twinned
+class BatchNormTrain(TwinnedFunction):
     """Batch norm with the batch's own statistics, per channel c over the m = N * (H * W ...) elements:
 
         mean = (1/m) sum x,   var = (1/m) sum (x - mean)^2   (biased),   invstd = 1 / sqrt(var + eps)
@@ -79,6 +78,7 @@ class BatchNormTrain(Function):
     """
 
     autocast = Autocast.FLOAT32_INSIDE  # as torch's kernels: statistics in float32, y in x's dtype
+    once_differentiable = True  # first order only: reads mean, var saved non-differentiable (R1); in place (R3)
 
     @staticmethod
     def forward(input, weight, bias, eps):
@@ -121,8 +121,8 @@ class BatchNormTrain(Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-@combined_forward
-class BatchNormEval(Function):
+@twinned
+class BatchNormEval(TwinnedFunction):
     """Batch norm with fixed (running) statistics: an affine map per channel.
 
         x_hat = (x - running_mean) * invstd,   invstd = 1 / sqrt(running_var + eps),   y = weight * x_hat + bias
@@ -138,6 +138,7 @@ class BatchNormEval(Function):
     """
 
     autocast = Autocast.FLOAT32_INSIDE  # as torch's kernels: in float32, y in x's dtype
+    once_differentiable = True  # first order only: its backward updates x_hat in place (R3); no jvp yet
 
     @staticmethod
     def forward(input, running_mean, running_var, weight, bias, eps):
@@ -202,13 +203,13 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: running_mean and running_var are needed when training=False; "
                              "pass training=True to normalise with the batch's own statistics")
-        return BatchNormEval.apply(input, running_mean, running_var, weight, bias, eps)
+        return BatchNormEval.call(input, running_mean, running_var, weight, bias, eps)
 
     count = input.numel() // input.shape[1]  # elements per channel
     if count <= 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of shape "
                          f"{tuple(input.shape)}")
-    output, mean, var = BatchNormTrain.apply(input, weight, bias, eps)
+    output, mean, var = BatchNormTrain.call(input, weight, bias, eps)
     with torch.no_grad():
         if running_mean is not None:
             running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
@@ -220,8 +221,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
 # --------------------------------------------------------------------------- layer_norm
 
 
-@combined_forward
-class LayerNorm(Function):
+@twinned
+class LayerNorm(TwinnedFunction):
     """Layer norm over the last k dimensions (their D elements form one row):
 
         mean, var = per-row mean and biased variance,   invstd = 1 / sqrt(var + eps)
@@ -238,6 +239,7 @@ class LayerNorm(Function):
     """
 
     autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's layer_norm
+    once_differentiable = True  # first order only: reads mean, invstd saved non-differentiable (R1); in place (R3)
 
     @staticmethod
     def forward(input, normalized_ndim, weight, bias, eps):
@@ -294,5 +296,5 @@ def layer_norm(input: torch.Tensor, normalized_shape: int | Sequence[int], weigh
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"layer_norm: {name} of shape {tuple(t.shape)} must have normalized_shape {shape}")
-    output, _, _ = LayerNorm.apply(input, len(shape), weight, bias, eps)
+    output, _, _ = LayerNorm.call(input, len(shape), weight, bias, eps)
     return output

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as torch_F
-from torch.autograd import Function
 
 from handgrad.functional.conv import IntPair, pair
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 # --------------------------------------------------------------------------- max_pool2d
 
 
-@combined_forward
-class MaxPool2d(Function):
+@twinned
+class MaxPool2d(TwinnedFunction):
     """y[n, c, h, w] = max over the window (s*h - p + d*i, s*w - p + d*j), 0 <= i < kH, 0 <= j < kW,
     of x, with padding counted as -inf (so a window's maximum is always a real input)
 
@@ -41,6 +40,7 @@ class MaxPool2d(Function):
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
+    once_differentiable = True  # first order only: saves no input to link to (R4); out= ops defy vmap
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -191,15 +191,15 @@ def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None
         output, indices = max_pool2d(input.unsqueeze(0), kernel, stride, padding, dilation, ceil_mode, True)
         output, indices = output.squeeze(0), indices.squeeze(0)
     else:
-        output, indices = MaxPool2d.apply(input, kernel, stride, padding, dilation, ceil_mode)
+        output, indices = MaxPool2d.call(input, kernel, stride, padding, dilation, ceil_mode)
     return (output, indices) if return_indices else output
 
 
 # --------------------------------------------------------------------------- max_pool2d_relu
 
 
-@combined_forward
-class MaxPool2dReLU(Function):
+@twinned
+class MaxPool2dReLU(TwinnedFunction):
     """y = relu(max_pool2d(x)) = max_pool2d(relu(x))      x (N, C, H, W)  ->  y (N, C, H_out, W_out)
 
     ReLU is monotone, so it commutes with a window's maximum: pooling first runs ReLU on a quarter
@@ -214,6 +214,7 @@ class MaxPool2dReLU(Function):
     """
 
     autocast = Autocast.INPUT_DTYPE
+    once_differentiable = True  # first order only: max_pool_windows' out= ops defy vmap; no jvp yet
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
@@ -243,7 +244,7 @@ def max_pool2d_relu(input: torch.Tensor, kernel_size: IntPair, stride: IntPair |
     kernel, stride, padding, dilation = _pool_args("max_pool2d_relu", input, kernel_size, stride, padding, dilation)
     if input.dim() == 3:  # a single image (C, H, W) is a batch of one
         return max_pool2d_relu(input.unsqueeze(0), kernel, stride, padding, dilation, ceil_mode).squeeze(0)
-    output, _ = MaxPool2dReLU.apply(input, kernel, stride, padding, dilation, ceil_mode)
+    output, _ = MaxPool2dReLU.call(input, kernel, stride, padding, dilation, ceil_mode)
     return output
 
 
@@ -264,8 +265,8 @@ def window_counts(in_size: int, out_size: int, kernel: int, stride: int, padding
     return end - start
 
 
-@combined_forward
-class AvgPool2d(Function):
+@twinned
+class AvgPool2d(TwinnedFunction):
     """y[n, c, h, w] = (1 / D[h, w]) sum over the window (s*h - p + i, s*w - p + j), 0 <= i < kH, 0 <= j < kW,
     of x, with padding counted as 0
 
@@ -282,6 +283,7 @@ class AvgPool2d(Function):
     """
 
     autocast = Autocast.INPUT_DTYPE  # as torch's: runs in its input's dtype
+    once_differentiable = True  # first order only: its backward adds into views in place (R3), links nothing (R4)
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -324,4 +326,4 @@ def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None
     if input.dim() == 3:  # a single image (C, H, W) is a batch of one
         return avg_pool2d(input.unsqueeze(0), kernel, stride, padding, ceil_mode, count_include_pad,
                           divisor_override).squeeze(0)
-    return AvgPool2d.apply(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return AvgPool2d.call(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)

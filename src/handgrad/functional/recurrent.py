@@ -127,10 +127,15 @@ def steps(length: int, reverse: bool) -> range:
 
 
 def earlier(all_steps: torch.Tensor, initial: torch.Tensor, reverse: bool) -> torch.Tensor:
-    """(T, N, .): at each step, the state the step started from (``initial`` at the direction's first step)."""
+    """(T, N, .): at each step, the state the step started from (``initial`` at the direction's first step).
+
+    Backward code takes its pieces of a tensor with split, chunk and unbind, never by indexing or slicing: their
+    derivatives are cat and stack, where those of select and slice are aten's select_backward and
+    slice_backward, which a double backward would then run (handgrad's backwards stay clear of aten's)."""
+    length = len(all_steps)
     if reverse:
-        return torch.cat((all_steps[1:], initial.unsqueeze(0)))
-    return torch.cat((initial.unsqueeze(0), all_steps[:-1]))
+        return torch.cat((all_steps.split([1, length - 1])[1], initial.unsqueeze(0)))
+    return torch.cat((initial.unsqueeze(0), all_steps.split([length - 1, 1])[0]))
 
 
 def project_input(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -215,7 +220,7 @@ def call_stack(function, cell: Cell, input, states: tuple, params: Sequence[torc
     masks = [dropout_mask((length, batch, directions * states[0].shape[-1]), dropout, input.device)
              for _ in range(spec.masks)]
     input, states, params = autocast_in_front(cell, spec, input, states, params)
-    outputs = function.apply(input, *states, spec, *masks, *params)
+    outputs = function.call(input, *states, spec, *masks, *params)
     return tuple(outputs[:1 + cell.states])
 
 
@@ -249,7 +254,7 @@ def call_cell(function, cell: Cell, input, states: tuple, w_ih, w_hh, b_ih, b_hh
                  nonlinearity=cell.name[4:].lower())
     check_params(name, cell, spec, input, states, params)
     input, states, params = autocast_in_front(cell, spec, input, states, params)
-    outputs = function.apply(input, *states, spec, *params)
+    outputs = function.call(input, *states, spec, *params)
     return outputs[0] if cell.states == 1 else (outputs[0], outputs[1])
 
 

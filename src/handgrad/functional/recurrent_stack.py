@@ -73,7 +73,8 @@ def backward(cell: Cell, ctx, grads: Sequence) -> tuple:
     grad_finals = [None if g is None else spec.states(g) for g in grad_user[n_user - cell.states:]]
 
     masks, params, states0 = saved["masks"], saved["params"], saved["states0"]
-    initial = [spec.states(s) for s in states0]  # each (L * D, N, .)
+    initial = [spec.states(s).unbind(0) for s in states0]  # each L * D pieces (N, .)
+    grad_finals = [None if g is None else g.unbind(0) for g in grad_finals]
     layer_outputs = [*saved["inner"], spec.sequence(saved["output"])]  # each (T, N, D * P)
     weights = spec.weights(params)
     needs_weights = spec.weights(needs_input_grad[len(needs_input_grad) - len(params):])
@@ -83,7 +84,6 @@ def backward(cell: Cell, ctx, grads: Sequence) -> tuple:
     grad_layer_output = grad_output
     for layer in reversed(range(spec.num_layers)):
         output = layer_outputs[layer]
-        hidden = output.shape[2] // spec.directions  # P
         if layer == 0:
             x, needs_x = spec.sequence(saved["input"]), needs_input_grad[0]
         else:
@@ -91,13 +91,14 @@ def backward(cell: Cell, ctx, grads: Sequence) -> tuple:
             if spec.dropout_scale is not None:
                 x = dropped(x, masks[layer - 1], spec.dropout_scale)
         grad_x, layer_grads = None, []
+        h_parts = output.chunk(spec.directions, 2)  # each direction's (T, N, P)
+        grad_parts = [None] * spec.directions if grad_layer_output is None else \
+            grad_layer_output.chunk(spec.directions, 2)
         for d in range(spec.directions):
             k = layer * spec.directions + d
-            part = slice(d * hidden, (d + 1) * hidden)
             g_x, g_states0, g_weights = cell.backward_direction(
                 x, tuple(s[k] for s in initial), weights[k], d == 1,
-                output[:, :, part], saved["extras"][k * cell.extras:(k + 1) * cell.extras],
-                None if grad_layer_output is None else grad_layer_output[:, :, part],
+                h_parts[d], saved["extras"][k * cell.extras:(k + 1) * cell.extras], grad_parts[d],
                 tuple(None if g is None else g[k] for g in grad_finals),
                 grad_extras[k * cell.extras:(k + 1) * cell.extras], needs_weights[k], needs_x)
             grad_x = plus(grad_x, g_x)
@@ -191,7 +192,7 @@ def flat_weights(spec: Stack, w: Weights) -> list:
 def to_caller(spec: Stack, grad_x: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
     """The input's gradient, (T, N, H_in) time-major, in the layout of the caller's input."""
     if spec.cell:
-        return grad_x[0] if spec.batched else grad_x.reshape(input.shape)
+        return grad_x.squeeze(0) if spec.batched else grad_x.reshape(input.shape)
     if not spec.batched:
         return grad_x.squeeze(1)
     return grad_x.transpose(0, 1) if spec.batch_first else grad_x
@@ -199,7 +200,8 @@ def to_caller(spec: Stack, grad_x: torch.Tensor, input: torch.Tensor) -> torch.T
 
 def stacked_states(spec: Stack, grads: list, state: torch.Tensor) -> torch.Tensor:
     """The gradient of an initial state, one (N, .) piece per layer and direction, in its caller's shape."""
-    pieces = [torch.zeros_like(spec.states(state)[k]) if g is None else g for k, g in enumerate(grads)]
+    shape = spec.states(state).shape[1:]
+    pieces = [state.new_zeros(shape) if g is None else g for g in grads]
     return torch.stack(pieces).reshape(state.shape)
 
 

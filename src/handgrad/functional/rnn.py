@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.autograd import Function
 
 from handgrad.functional import recurrent, recurrent_stack
-from handgrad.functional.function import Autocast, combined_forward
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 from handgrad.functional.recurrent import Cell, Weights, earlier, projected, steps, tangent_sum
 
 
@@ -39,17 +38,16 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
     (grad_h_last,) = grad_finals
     # phi'(a_t) from the output, every step at once: tanh' = 1 - h^2; relu' = sign(h) (h >= 0), which keeps
     # a graph to h with zero derivative, as torch's threshold_backward has.
-    d_act = 1 - h_all * h_all if nonlinearity == "tanh" else h_all.sign()  # (T, N, H)
-    if grad_h_all is None:
-        grad_h_all = h_all.new_zeros(h_all.shape)
+    d_act = (1 - h_all * h_all if nonlinearity == "tanh" else h_all.sign()).unbind(0)  # T steps' (N, H)
+    grad_h = (h_all.new_zeros(h_all.shape) if grad_h_all is None else grad_h_all).unbind(0)
 
     d_pre = [torch.empty(0)] * len(x)
     da = None
     for t in reversed(steps(len(x), reverse)):
         if da is None:  # the direction's last step: h_n's gradient arrives here
-            dh = grad_h_all[t] if grad_h_last is None else grad_h_all[t] + grad_h_last
+            dh = grad_h[t] if grad_h_last is None else grad_h[t] + grad_h_last
         else:
-            dh = torch.addmm(grad_h_all[t], da, w.hh)  # dh_t = grad_h_all[t] + da_{t+1} W_hh
+            dh = torch.addmm(grad_h[t], da, w.hh)  # dh_t = grad_h_all[t] + da_{t+1} W_hh
         da = dh * d_act[t]  # da_t = dh_t * phi'(a_t)
         d_pre[t] = da
 
@@ -87,8 +85,8 @@ def rnn_cell(nonlinearity: str) -> Cell:
 RNN_CELLS = {"tanh": rnn_cell("tanh"), "relu": rnn_cell("relu")}
 
 
-@combined_forward
-class RNN(Function):
+@twinned
+class RNN(TwinnedFunction):
     """A stack of Elman RNN layers over a sequence (recurrent.py), each direction this recurrence:
 
         a_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh         (N, H)
