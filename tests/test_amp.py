@@ -87,6 +87,11 @@ def test_every_op_under_bf16_autocast_matches_autograd(case, leaves):
         # the thread count: with one thread (OMP_NUM_THREADS=1) it lands up to ~6 bf16 ulps (0.023
         # at 0.73) from ours, which accumulates in float32; with two threads the two agree at BF16.
         tolerances = dict(rtol=4e-2, atol=3e-2)
+    if case.name.startswith(("rnn_tanh(", "rnn_relu(")) and "layers" in case.name:
+        # A bf16 Elman recurrence through 2-3 layers: torch's own gradients lie up to 0.11 from the float64
+        # values (handgrad's up to 0.09; the forward is written in torch's op order, so the two agree there), and
+        # the two backwards round in different places; up to 0.05 apart, a relu mask flipping by one bf16 step.
+        tolerances = dict(rtol=4e-2, atol=6e-2)
     assert_same_dtypes_and_close(comparison, inputs, **tolerances)
 
 

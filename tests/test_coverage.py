@@ -245,14 +245,15 @@ def test_strict_mode_passes_an_all_handgrad_model():
 def test_every_torch_twin_of_a_handgrad_module_is_pointed_to_it(name):
     twin = getattr(torch.nn, name)
     args = {"Linear": (6, 3), "Conv2d": (1, 2, 3), "MaxPool2d": (2,), "AvgPool2d": (2,), "BatchNorm1d": (6,),
-            "BatchNorm2d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,), "Embedding": (10, 6)
-            }.get(name, ())
+            "BatchNorm2d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,), "Embedding": (10, 6),
+            **dict.fromkeys(["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"], (6, 3))}.get(name, ())
     module = twin(*args)
     x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d") else torch.randn(4, 6)
     x = torch.randint(10, (4, 6)) if name == "Embedding" else x.requires_grad_(True)  # token indices: no gradient
     loss_args = {"MSELoss": (torch.randn(4, 6),), "CrossEntropyLoss": (torch.tensor([0, 1, 2, 3]),)}.get(name, ())
     with handgrad.coverage(module) as report:
-        module(x, *loss_args).sum().backward()
+        output = module(x, *loss_args)
+        (output[0] if isinstance(output, tuple) else output).sum().backward()  # recurrent layers: (output, state)
     twins = {r.twin for r in report.nodes if r.kind == "autograd" and r.module == ""}
     assert twins == {f"handgrad.nn.{name}"}
 

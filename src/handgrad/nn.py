@@ -9,6 +9,8 @@ and its torch.nn twin unchanged.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 import handgrad.functional as F
@@ -20,12 +22,18 @@ __all__ = [
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",
     "MSELoss",
     "MaxPool2d",
+    "RNN",
+    "RNNCell",
     "ReLU",
     "Sigmoid",
     "Softmax",
@@ -188,3 +196,117 @@ class GELU(torch.nn.GELU):
 
 
 __all__ += ["Embedding", "GELU"]
+
+
+# --------------------------------------------------------------------------- recurrent layers
+
+
+def _sequence_arguments(module: torch.nn.RNNBase, input, hx, states: int):
+    """torch.nn.RNNBase's forward up to its kernel call: the same checks and messages (its own
+    check_forward_args), zero initial states when none are given. Returns the states as a tuple, in the
+    input's own batched or unbatched form (handgrad's functions take unbatched input as it is)."""
+    name = type(module).__name__
+    if isinstance(input, torch.nn.utils.rnn.PackedSequence):
+        raise NotImplementedError(
+            f"handgrad.nn.{name}: PackedSequence input is not hand-written; pass the padded batch "
+            "(torch.nn.utils.rnn.pad_packed_sequence(packed)) and mask the steps past each sequence's length "
+            f"(h_n then comes from the padded steps), or use torch.nn.{name} for packed sequences")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+    module._update_flat_weights()
+    batched = input.dim() == 3
+    batch = input.shape[0 if module.batch_first else 1] if batched else 1
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    if hx is None:
+        sizes = [module.proj_size or module.hidden_size, module.hidden_size][:states]
+        hx = tuple(torch.zeros(layers, *((batch,) if batched else ()), size, dtype=input.dtype, device=input.device)
+                   for size in sizes)
+    else:
+        hx = tuple(hx) if states == 2 else (hx,)
+        if any(h.dim() != input.dim() for h in hx):
+            got = ", ".join(f"{h.dim()}-D" for h in hx)
+            raise RuntimeError(f"For {'batched 3-D' if batched else 'unbatched 2-D'} input, hx should also be "
+                               f"{input.dim()}-D but got ({got}) tensor(s); pass states of shape "
+                               f"({layers}, {'N, ' if batched else ''}hidden)")
+    batched_hx = hx if batched else tuple(h.unsqueeze(1) for h in hx)
+    hidden: Any = batched_hx if states == 2 else batched_hx[0]  # LSTM's check takes (h, c), the others h
+    module.check_forward_args(input if batched else input.unsqueeze(1 - module.batch_first), hidden, None)
+    return hx
+
+
+class RNN(torch.nn.RNN):
+    """Elman RNN (tanh or relu) with the hand-written backward through time of
+    ``handgrad.functional.rnn_tanh`` / ``rnn_relu``; torch.nn.RNN's parameters, options and outputs
+    (output, h_n). PackedSequence input is refused."""
+
+    def forward(self, input, hx=None):
+        (hx,) = _sequence_arguments(self, input, hx, states=1)
+        function = F.rnn_tanh if self.nonlinearity == "tanh" else F.rnn_relu
+        return function(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                        self.bidirectional, self.batch_first)
+
+
+class LSTM(torch.nn.LSTM):
+    """LSTM (with proj_size too) with the hand-written backward through time of
+    ``handgrad.functional.lstm``; torch.nn.LSTM's parameters, options and outputs
+    (output, (h_n, c_n)). PackedSequence input is refused."""
+
+    def forward(self, input, hx=None):
+        hx = _sequence_arguments(self, input, hx, states=2)
+        output, h_n, c_n = F.lstm(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                                  self.training, self.bidirectional, self.batch_first)
+        return output, (h_n, c_n)
+
+
+class GRU(torch.nn.GRU):
+    """GRU in torch's form with the hand-written backward through time of ``handgrad.functional.gru``;
+    torch.nn.GRU's parameters, options and outputs (output, h_n). PackedSequence input is refused."""
+
+    def forward(self, input, hx=None):
+        (hx,) = _sequence_arguments(self, input, hx, states=1)
+        return F.gru(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                     self.bidirectional, self.batch_first)
+
+
+def _cell_arguments(module: torch.nn.modules.rnn.RNNCellBase, input, hx, states: int) -> tuple:
+    """torch.nn's cells' forward up to the kernel call: the same checks and messages, zero states by default."""
+    name = type(module).__name__
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if hx is None:
+        zeros = torch.zeros(*input.shape[:-1], module.hidden_size, dtype=input.dtype, device=input.device)
+        return (zeros,) * states
+    hx = tuple(hx) if states == 2 else (hx,)
+    for idx, value in enumerate(hx):
+        if value.dim() not in (1, 2):
+            what = f"hx[{idx}]" if states == 2 else "hidden"
+            raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
+    return hx
+
+
+class RNNCell(torch.nn.RNNCell):
+    """One Elman RNN step, h' = tanh or relu of (x W_ih^T + b_ih + h W_hh^T + b_hh), with the hand-written
+    backward of ``handgrad.functional.rnn_tanh_cell`` / ``rnn_relu_cell``."""
+
+    def forward(self, input, hx=None):
+        (hx,) = _cell_arguments(self, input, hx, states=1)
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}; use 'tanh' or 'relu'")
+        function = F.rnn_tanh_cell if self.nonlinearity == "tanh" else F.rnn_relu_cell
+        return function(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """One LSTM step, (h', c'), with the hand-written backward of ``handgrad.functional.lstm_cell``."""
+
+    def forward(self, input, hx=None):
+        hx = _cell_arguments(self, input, hx, states=2)
+        return F.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+class GRUCell(torch.nn.GRUCell):
+    """One GRU step, h', with the hand-written backward of ``handgrad.functional.gru_cell``."""
+
+    def forward(self, input, hx=None):
+        (hx,) = _cell_arguments(self, input, hx, states=1)
+        return F.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)

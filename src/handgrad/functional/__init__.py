@@ -10,11 +10,14 @@ from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
 from handgrad.functional.embedding import embedding
 from handgrad.functional.fused import linear_activation, mlp
+from handgrad.functional.gru import gru, gru_cell
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import cross_entropy, mse_loss
+from handgrad.functional.lstm import lstm, lstm_cell
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
 from handgrad.functional.normalization import batch_norm, layer_norm
 from handgrad.functional.pooling import avg_pool2d, max_pool2d, max_pool2d_relu
+from handgrad.functional.rnn import rnn_relu, rnn_relu_cell, rnn_tanh, rnn_tanh_cell
 from handgrad.functional.softmax import log_softmax, softmax
 
 __all__ = [
@@ -38,6 +41,15 @@ __all__ = [
     "sigmoid",
     "softmax",
     "tanh",
+    # recurrent layers (rnn.py, lstm.py, gru.py over recurrent.py and recurrent_stack.py)
+    "gru",
+    "gru_cell",
+    "lstm",
+    "lstm_cell",
+    "rnn_relu",
+    "rnn_relu_cell",
+    "rnn_tanh",
+    "rnn_tanh_cell",
 ]
 
 __all__ += ["embedding", "gelu", "scaled_dot_product_attention"]
