@@ -248,8 +248,12 @@ def test_every_torch_twin_of_a_handgrad_module_is_pointed_to_it(name):
             "BatchNorm2d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,)}.get(name, ())
     module = twin(*args)
     x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d") else torch.randn(4, 6)
+    x = torch.rand(4, 6) if name == "BCELoss" else x  # probabilities
     x.requires_grad_(True)
-    loss_args = {"MSELoss": (torch.randn(4, 6),), "CrossEntropyLoss": (torch.tensor([0, 1, 2, 3]),)}.get(name, ())
+    classes, values = (torch.tensor([0, 1, 2, 3]),), (torch.rand(4, 6),)
+    loss_args = {"CrossEntropyLoss": classes, "NLLLoss": classes, "MSELoss": values, "L1Loss": values,
+                 "SmoothL1Loss": values, "HuberLoss": values, "KLDivLoss": values, "BCELoss": values,
+                 "BCEWithLogitsLoss": values}.get(name, ())
     with handgrad.coverage(module) as report:
         module(x, *loss_args).sum().backward()
     twins = {r.twin for r in report.nodes if r.kind == "autograd" and r.module == ""}
