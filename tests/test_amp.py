@@ -135,7 +135,7 @@ def with_custom_fwd(function: type, cast_inputs: torch.dtype) -> type:
     (Linear, torch.bfloat16, torch.float32, lambda g: (torch.randn(3, 5, generator=g, requires_grad=True),
                                                        torch.randn(3, generator=g, requires_grad=True))),
     (PointwiseLoss, torch.float32, torch.bfloat16, lambda g: (
-        torch.randn(4, 5, generator=g).bfloat16().requires_grad_(), None, "squared", 0.0, "mean")),
+        torch.randn(4, 5, generator=g).bfloat16().requires_grad_(), None, ("squared", 0.0), "mean")),
     (Sigmoid, torch.bfloat16, torch.bfloat16, lambda g: ()),
 ], ids=["LOWER_PRECISION", "FLOAT32", "INPUT_DTYPE"])
 def test_casting_groups_equal_torch_amp_custom_fwd_and_custom_bwd_bit_for_bit(function, cast_inputs, input_dtype,

@@ -7,7 +7,8 @@ input is read as (1, C)), targets t (N, d1, ..., dk), one class index per exampl
 With class weights w (C,) (all 1 without), ignore_index ig and label smoothing eps (0 for nll_loss):
 
     r_i = [t_i != ig] w_{t_i}                   the row weight ("rows"; None when every r_i = 1)
-    u_i = [t_i != ig]                           the mask ("mask"; None when nothing is ignored)
+    u_i = [t_i != ig]                           the mask ("mask"; None when nothing is ignored, and
+                                                None without weights, where u = r: ``smoothing_mask``)
     L_i = -(1 - eps) r_i z_{i, t_i} - (eps / C) u_i sum_c w_c z_ic          (Lambda, linear in z)
     L   = L_i ("none"),  sum_i L_i ("sum"),  sum_i L_i / W ("mean"),  W = sum_i r_i
 
@@ -35,7 +36,7 @@ class ClassTargets(NamedTuple):
     input: torch.Tensor  # (N, C, *d): the unbatched (C,) as (1, C)
     target: torch.Tensor  # (N, *d) int64, ignored targets replaced by 0
     rows: torch.Tensor | None  # r (N, *d); None: every r_i = 1
-    mask: torch.Tensor | None  # u (N, *d); None: nothing ignored
+    mask: torch.Tensor | None  # u (N, *d); None: nothing ignored, or no weights (u = r then)
     unbatched: bool
 
 
@@ -78,9 +79,10 @@ def class_targets(name: str, input: torch.Tensor, target: torch.Tensor, weight: 
         return ClassTargets(input, target, rows, None, unbatched)
     kept = target != ignore_index
     target = torch.where(kept, target, 0)
-    mask = kept.to(input.dtype if weight is None else weight.dtype)
-    rows = mask if weight is None else mask * weight[target]
-    return ClassTargets(input, target, rows, mask, unbatched)
+    if weight is None:  # r = u: passed once (a Function may not take one tensor twice under torch.compile)
+        return ClassTargets(input, target, kept.to(input.dtype), None, unbatched)
+    mask = kept.to(weight.dtype)
+    return ClassTargets(input, target, mask * weight[target], mask, unbatched)
 
 
 def check_weight(name: str, weight: torch.Tensor, input: torch.Tensor, classes: int) -> None:
@@ -114,6 +116,12 @@ def row_count(target: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor |
     return target.numel() if rows is None else rows.sum()
 
 
+def smoothing_mask(rows: torch.Tensor | None, mask: torch.Tensor | None,
+                   weight: torch.Tensor | None) -> torch.Tensor | None:
+    """u, as the smoothing term reads it: the mask, or the row weights where they are the mask (no weights)."""
+    return mask if mask is not None or weight is not None else rows
+
+
 def linear_loss(z: torch.Tensor, target: torch.Tensor, rows: torch.Tensor | None, mask: torch.Tensor | None,
                 weight: torch.Tensor | None, reduction: str, smoothing: float) -> torch.Tensor:
     """Lambda(z): the loss, linear in the log-probabilities z (module docstring). The forward applies it to
@@ -123,6 +131,7 @@ def linear_loss(z: torch.Tensor, target: torch.Tensor, rows: torch.Tensor | None
         loss = loss * rows
     if smoothing:
         uniform = -(z if weight is None else z * class_view(weight, z)).sum(1)  # -sum_c w_c z_ic
+        mask = smoothing_mask(rows, mask, weight)
         if mask is not None:
             uniform = uniform * mask
         hard, uniform = (1 - smoothing) * loss, (smoothing / z.shape[1]) * uniform
@@ -160,6 +169,6 @@ def linear_loss_adjoint(grad_loss: torch.Tensor, like: torch.Tensor, target: tor
     hard = -(1 - smoothing) * per_row(scale, rows, target)  # -(1 - eps) s_i r_i   (N, 1, *d)
     grad = torch.zeros_like(like).scatter(1, target.unsqueeze(1), hard)  # at c = t_i, 0 elsewhere
     if smoothing:
-        uniform = (smoothing / like.shape[1]) * per_row(scale, mask, target)  # (eps / C) s_i u_i
-        grad = grad - (uniform if weight is None else uniform * class_view(weight, like))  # ... w_c
+        uniform = (smoothing / like.shape[1]) * per_row(scale, smoothing_mask(rows, mask, weight), target)
+        grad = grad - (uniform if weight is None else uniform * class_view(weight, like))  # (eps/C) s_i u_i w_c
     return grad

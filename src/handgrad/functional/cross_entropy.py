@@ -209,6 +209,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     if label_smoothing > 1.0:
         raise ValueError(f"cross_entropy: label_smoothing={label_smoothing} must be between 0.0 and 1.0")
     smoothing = float(label_smoothing) if label_smoothing > 0.0 else 0.0
+    if input.dim() == 0:
+        raise ValueError("cross_entropy: input is a 0-d tensor; expected logits of shape (C,), (N, C) or "
+                         "(N, C, d1, ...)")
     if input.shape == target.shape:
         return probability_cross_entropy(input, target, weight, ignore_index, reduction, smoothing)
     targets = class_targets("cross_entropy", input, target, weight, ignore_index)
@@ -227,9 +230,6 @@ def probability_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight:
     if ignore_index >= 0:
         raise ValueError(f"cross_entropy: ignore_index={ignore_index} applies to class indices only, not to "
                          "class probabilities; leave it at its default")
-    if input.dim() == 0:
-        raise ValueError("cross_entropy: input is a 0-d tensor; expected logits of shape (C,), (N, C) or "
-                         "(N, C, d1, ...)")
     classes = input.shape[0 if input.dim() == 1 else 1]
     if weight is not None and weight.shape != (classes,):
         raise ValueError(f"cross_entropy: weight of shape {tuple(weight.shape)} must hold one weight per class: "

@@ -23,7 +23,7 @@ from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 from handgrad.functional.reduction import broadcast_shape, check_floating, reduction_of
 
 
-def penalty(kind: str, d: torch.Tensor, parameter: float) -> torch.Tensor:
+def rho(kind: str, parameter: float, d: torch.Tensor) -> torch.Tensor:
     """rho(d), written as torch's kernels compute it."""
     if kind == "squared":
         return d * d
@@ -35,7 +35,7 @@ def penalty(kind: str, d: torch.Tensor, parameter: float) -> torch.Tensor:
     return torch.where(z < parameter, 0.5 * d * d, parameter * (z - 0.5 * parameter))  # huber, parameter = delta
 
 
-def slope(kind: str, d: torch.Tensor, parameter: float) -> torch.Tensor:
+def slope(kind: str, parameter: float, d: torch.Tensor) -> torch.Tensor:
     """rho'(d) / c, with c = 2 for "squared" (folded into the scale: one kernel fewer) and 1 otherwise."""
     if kind == "squared":
         return d
@@ -55,76 +55,77 @@ class PointwiseLoss(TwinnedFunction):
     With s_i = grad_L_i, grad_L, grad_L / n or grad_L / W, and grad_d the gradient reaching d:
     grad_x =  sum_to_x(w rho'(d) s + grad_d)              (summed over the dims x was broadcast along)
     grad_y = -sum_to_y(w rho'(d) s + grad_d)
-    grad_w =  rho(d) s,  for "weighted_mean"  (rho(d) - L) s       (L is sum w rho / W: W depends on w)
+    grad_w =  rho(d) s,  for "weighted_mean"  (rho(d) - L) s       (L = sum w rho / W: W depends on w)
     t_d = t_x - t_y,   t_L = reduce(w rho'(d) t_d + t_w rho(d))   ("weighted_mean": minus L sum t_w, over W)
-    d is returned as a second, differentiable output (rule R1): backward reads rho'(d) from it.
+    d is returned as a second, differentiable output (rule R1): backward reads rho'(d) from it. Saves d and w.
+    ``penalty`` is (kind, parameter): ("squared", 0), ("absolute", 0), ("smooth_l1", beta), ("huber", delta).
     """
 
     autocast = Autocast.FLOAT32  # as torch's regression losses: float32 under autocast
 
     @staticmethod
-    def forward(input, target, weight, kind, parameter, reduction):
+    def forward(input, target, weight, penalty, reduction):
         diff = input - target
-        values = penalty(kind, diff, parameter)
-        if weight is not None:
-            values = values * weight
-        if reduction == "weighted_mean":
-            return values.sum() / weight.sum(), diff
-        if reduction == "mean":
-            return values.mean(), diff
-        return (values.sum() if reduction == "sum" else values), diff
+        values = rho(*penalty, diff)
+        if weight is None:
+            return (values.mean() if reduction == "mean" else values.sum() if reduction == "sum" else values), diff
+        return reduce_weighted(values * weight, weight, reduction), diff
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, weight, ctx.kind, ctx.parameter, ctx.reduction = inputs
+        input, target, weight, ctx.penalty, ctx.reduction = inputs
         ctx.set_materialize_grads(False)  # grad_d is None unless d was used (R2)
-        ctx.input_shape, ctx.target_shape = input.shape, target.shape
-        loss, diff = output
-        saved = (diff, weight, loss if ctx.reduction == "weighted_mean" else None)
-        ctx.save_for_backward(*saved)
-        ctx.save_for_forward(*saved)
+        ctx.shapes = input.shape, target.shape
+        ctx.save_for_backward(output[1], weight)
+        ctx.save_for_forward(output[1], weight)
 
     @staticmethod
     def backward(ctx, grad_loss, grad_diff):
-        diff, weight, loss = ctx.saved_tensors
+        diff, weight = ctx.saved_tensors
         grad = grad_weight = None
         if grad_loss is not None:
-            factor = 2.0 if ctx.kind == "squared" else 1.0  # c, of rho'(d) = c slope(d)
+            kind, parameter = ctx.penalty
+            factor = 2.0 if kind == "squared" else 1.0  # c, of rho'(d) = c slope(d)
             scale = element_scale(grad_loss, diff, weight, ctx.reduction, factor)  # c s: () or like d
-            grad = slope(ctx.kind, diff, ctx.parameter) * scale  # rho'(d) s
+            grad = slope(kind, parameter, diff) * scale  # rho'(d) s
             if weight is not None:
                 if ctx.needs_input_grad[2]:
-                    values = penalty(ctx.kind, diff, ctx.parameter)
-                    grad_weight = (values - loss if loss is not None else values) * (scale / factor)
+                    values = rho(kind, parameter, diff)
+                    if ctx.reduction == "weighted_mean":
+                        values = values - (values * weight).sum() / weight.sum()  # rho(d) - L
+                    grad_weight = values * (scale / factor)
                 grad = grad * weight
         if grad_diff is not None:
             grad = grad_diff if grad is None else grad + grad_diff
         if grad is None:  # neither output's gradient is defined
-            return None, None, grad_weight, None, None, None
-        grad_input = grad.sum_to_size(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        grad_target = -grad.sum_to_size(ctx.target_shape) if ctx.needs_input_grad[1] else None
-        return grad_input, grad_target, grad_weight, None, None, None
+            return None, None, grad_weight, None, None
+        input_shape, target_shape = ctx.shapes
+        grad_input = sum_to(grad, input_shape) if ctx.needs_input_grad[0] else None
+        grad_target = -sum_to(grad, target_shape) if ctx.needs_input_grad[1] else None
+        return grad_input, grad_target, grad_weight, None, None
 
     @staticmethod
-    def jvp(ctx, t_input, t_target, t_weight, *_):
-        diff, weight, loss = ctx.saved_tensors
+    def jvp(ctx, t_input, t_target, t_weight, _t_penalty, _t_reduction):
+        diff, weight = ctx.saved_tensors
+        kind, parameter = ctx.penalty
         t_diff = torch.zeros_like(diff)
         if t_input is not None:
             t_diff = t_diff + t_input
         if t_target is not None:
             t_diff = t_diff - t_target
-        factor = 2 if ctx.kind == "squared" else 1
-        t_values = slope(ctx.kind, diff, ctx.parameter) * t_diff * factor
-        if weight is not None:
-            t_values = t_values * weight
-            if t_weight is not None:
-                t_values = t_values + penalty(ctx.kind, diff, ctx.parameter) * t_weight
-        if ctx.reduction == "weighted_mean":
-            t_sum = t_values.sum() if t_weight is None else t_values.sum() - loss * t_weight.sum()
-            return t_sum / weight.sum(), t_diff
-        if ctx.reduction == "mean":
-            return t_values.mean(), t_diff
-        return (t_values.sum() if ctx.reduction == "sum" else t_values), t_diff
+        t_values = slope(kind, parameter, diff) * t_diff * (2.0 if kind == "squared" else 1.0)  # rho'(d) t_d
+        if weight is None:
+            t_loss = t_values.mean() if ctx.reduction == "mean" else t_values.sum() if ctx.reduction == "sum" \
+                else t_values
+            return t_loss, t_diff
+        t_values = t_values * weight
+        values = rho(kind, parameter, diff)
+        if t_weight is not None:
+            t_values = t_values + values * t_weight
+        t_loss = reduce_weighted(t_values, weight, ctx.reduction)
+        if ctx.reduction == "weighted_mean" and t_weight is not None:
+            t_loss = t_loss - (values * weight).sum() / weight.sum() * t_weight.sum() / weight.sum()  # L sum t_w / W
+        return t_loss, t_diff
 
 
 @twinned
@@ -140,6 +141,18 @@ class WeightedPointwiseLoss(TwinnedFunction):
 
 
 twinned(PointwiseLoss)  # only now: twinned replaces the methods WeightedPointwiseLoss has just shared
+
+
+def reduce_weighted(values: torch.Tensor, weight: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The weighted values reduced: "weighted_mean" divides their sum by W = sum w."""
+    if reduction == "weighted_mean":
+        return values.sum() / weight.sum()
+    return values.mean() if reduction == "mean" else values.sum() if reduction == "sum" else values
+
+
+def sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``grad`` summed over the dims its input was broadcast along (itself where there were none)."""
+    return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
 def element_scale(grad_loss: torch.Tensor, diff: torch.Tensor, weight: torch.Tensor | None, reduction: str,
@@ -159,7 +172,8 @@ def element_scale(grad_loss: torch.Tensor, diff: torch.Tensor, weight: torch.Ten
 def pointwise_loss(name: str, input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                    kind: str, parameter: float, reduction: str) -> torch.Tensor:
     """The checks torch makes (with handgrad's messages), torch's broadcast warning, then PointwiseLoss."""
-    check_floating(name, input=input, target=target)
+    if not (input.is_floating_point() and target.is_floating_point()):
+        check_floating(name, input=input, target=target)
     if input.shape != target.shape:
         shape = broadcast_shape(name, ("input", input), ("target", target))
         warnings.warn(f"{name}: target of shape {tuple(target.shape)} is broadcast against input of shape "
@@ -170,7 +184,7 @@ def pointwise_loss(name: str, input: torch.Tensor, target: torch.Tensor, weight:
         raise ValueError(f"{name}: weight of shape {tuple(weight.shape)} must have the input's shape "
                          f"{tuple(input.shape)}")
     function = WeightedPointwiseLoss if weight is not None and kind in ("squared", "absolute") else PointwiseLoss
-    loss, _ = function.call(input, target, weight, kind, parameter, reduction)
+    loss, _ = function.call(input, target, weight, (kind, parameter), reduction)
     return loss
 
 
