@@ -54,8 +54,8 @@ def test_unbatched_class_index_and_probabilities(reduction):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 9), c=st.integers(1, 9), k=st.integers(0, 2), reduction=st.sampled_from(["mean", "sum", "none"]),
-       seed=st.integers(0, 2**16))
+@given(n=st.integers(1, 9), c=st.integers(1, 9), k=st.integers(0, 2),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))
 def test_losses_random_shapes(n, c, k, reduction, seed):
     g = torch.Generator().manual_seed(seed)
     spatial = (3,) * k

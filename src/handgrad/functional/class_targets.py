@@ -10,6 +10,7 @@ With class weights w (C,) (all 1 without), ignore_index ig and label smoothing e
     u_i = [t_i != ig]                           the mask ("mask"; None when nothing is ignored, and
                                                 None without weights, where u = r: ``smoothing_mask``)
     L_i = -(1 - eps) r_i z_{i, t_i} - (eps / C) u_i sum_c w_c z_ic          (Lambda, linear in z)
+        = -u_i sum_c w_c q_ic z_ic,   q_i = (1 - eps) onehot(t_i) + eps / C   (the smoothed target)
     L   = L_i ("none"),  sum_i L_i ("sum"),  sum_i L_i / W ("mean"),  W = sum_i r_i
 
 torch's weighted mean: sum_n w_{t_n} L_n / sum_n w_{t_n} [t_n != ig], the smoothing term divided by the
