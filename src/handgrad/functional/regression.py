@@ -65,8 +65,9 @@ class PointwiseLoss(TwinnedFunction):
 
     @staticmethod
     def forward(input, target, weight, penalty, reduction):
+        kind, parameter = penalty
         diff = input - target
-        values = rho(*penalty, diff)
+        values = rho(kind, parameter, diff)
         if weight is None:
             return (values.mean() if reduction == "mean" else values.sum() if reduction == "sum" else values), diff
         return reduce_weighted(values * weight, weight, reduction), diff
