@@ -27,7 +27,7 @@ import handgrad.nn as hnn
 from handgrad.functional.activations import Sigmoid
 from handgrad.functional.function import Autocast, TwinnedFunction
 from handgrad.functional.linear import Linear
-from handgrad.functional.losses import CrossEntropy, MSELoss
+from handgrad.functional.losses import CrossEntropy, PointwiseLoss
 from handgrad.verify import OP_CASES, Comparison, OpCase, compare
 
 # torch.testing's bfloat16 rtol (1.6e-2, about two bf16 steps); its atol (1e-5) is raised to 1e-2: the
@@ -139,8 +139,8 @@ def with_custom_fwd(function: type, cast_inputs: torch.dtype) -> type:
 @pytest.mark.parametrize("function, cast_inputs, input_dtype, extra", [
     (Linear, torch.bfloat16, torch.float32, lambda g: (torch.randn(3, 5, generator=g, requires_grad=True),
                                                        torch.randn(3, generator=g, requires_grad=True))),
-    (MSELoss, torch.float32, torch.bfloat16, lambda g: (torch.randn(4, 5, generator=g).bfloat16().requires_grad_(),
-                                                        "mean")),
+    (PointwiseLoss, torch.float32, torch.bfloat16, lambda g: (
+        torch.randn(4, 5, generator=g).bfloat16().requires_grad_(), None, ("squared", 0.0), "mean")),
     (Sigmoid, torch.bfloat16, torch.bfloat16, lambda g: ()),
 ], ids=["LOWER_PRECISION", "FLOAT32", "INPUT_DTYPE"])
 def test_casting_groups_equal_torch_amp_custom_fwd_and_custom_bwd_bit_for_bit(function, cast_inputs, input_dtype,
@@ -153,7 +153,7 @@ def test_casting_groups_equal_torch_amp_custom_fwd_and_custom_bwd_bit_for_bit(fu
         copies = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = fn(*copies)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)  # MSELoss also returns x - t for its backward
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)  # PointwiseLoss also returns x - t
         outputs[0].backward(torch.ones_like(outputs[0]))
         runs.append((*outputs, *[a.grad for a in copies if isinstance(a, torch.Tensor)]))
     for ours, theirs in zip(*runs, strict=True):
@@ -166,7 +166,8 @@ def test_autocast_state_is_restored_after_forward_backward_and_errors():
         loss = F.mse_loss(F.sigmoid(F.linear(x, torch.randn(5, 5))), torch.randn(4, 5))
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         with pytest.raises(RuntimeError, match="out of bounds"):  # raised where autocast is switched off
-            CrossEntropy.apply(torch.randn(2, 3), torch.tensor([0, 7]), "mean")  # (the wrapper would check 7)
+            # (the wrapper would check 7)
+            CrossEntropy.apply(torch.randn(2, 3), torch.tensor([0, 7]), None, None, None, "mean", 0.0)
         assert torch.is_autocast_enabled("cpu")
     loss.backward()
     assert not torch.is_autocast_enabled("cpu")

@@ -249,8 +249,12 @@ def test_every_torch_twin_of_a_handgrad_module_is_pointed_to_it(name):
             **dict.fromkeys(["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"], (6, 3))}.get(name, ())
     module = twin(*args)
     x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d") else torch.randn(4, 6)
+    x = torch.rand(4, 6) if name == "BCELoss" else x  # probabilities
     x = torch.randint(10, (4, 6)) if name == "Embedding" else x.requires_grad_(True)  # token indices: no gradient
-    loss_args = {"MSELoss": (torch.randn(4, 6),), "CrossEntropyLoss": (torch.tensor([0, 1, 2, 3]),)}.get(name, ())
+    classes, values = (torch.tensor([0, 1, 2, 3]),), (torch.rand(4, 6),)
+    loss_args = {"CrossEntropyLoss": classes, "NLLLoss": classes, "MSELoss": values, "L1Loss": values,
+                 "SmoothL1Loss": values, "HuberLoss": values, "KLDivLoss": values, "BCELoss": values,
+                 "BCEWithLogitsLoss": values}.get(name, ())
     with handgrad.coverage(module) as report:
         output = module(x, *loss_args)
         (output[0] if isinstance(output, tuple) else output).sum().backward()  # recurrent layers: (output, state)

@@ -87,9 +87,41 @@ def test_loss_modules_pass_reduction(reduction):
                                torch.nn.CrossEntropyLoss(reduction=reduction)(x, labels))
 
 
-def test_cross_entropy_loss_refuses_unimplemented_options():
-    with pytest.raises(NotImplementedError, match="label_smoothing"):
-        hnn.CrossEntropyLoss(label_smoothing=0.1)
+LOSS_OPTIONS = [  # (class name, constructor arguments, input maker, target maker)
+    ("CrossEntropyLoss", dict(weight=torch.tensor([0.5, 2.0, 1.0]), ignore_index=1, label_smoothing=0.1),
+     lambda g: torch.randn(4, 3, 2, generator=g), lambda g: torch.randint(3, (4, 2), generator=g)),
+    ("CrossEntropyLoss", dict(size_average=False), lambda g: torch.randn(4, 3, generator=g),
+     lambda g: torch.randn(4, 3, generator=g).softmax(1)),
+    ("NLLLoss", dict(weight=torch.tensor([0.5, 2.0, 1.0]), ignore_index=0, reduce=False),
+     lambda g: torch.randn(4, 3, generator=g).log_softmax(1), lambda g: torch.randint(3, (4,), generator=g)),
+    ("BCELoss", dict(weight=torch.tensor([0.5, 2.0, 1.0]), reduction="sum"),
+     lambda g: torch.rand(4, 3, generator=g), lambda g: torch.rand(4, 3, generator=g)),
+    ("BCEWithLogitsLoss", dict(weight=torch.tensor([0.5, 2.0, 1.0]), pos_weight=torch.tensor([3.0, 1.0, 0.5])),
+     lambda g: torch.randn(4, 3, generator=g), lambda g: torch.rand(4, 3, generator=g)),
+    ("L1Loss", dict(reduction="none"), lambda g: torch.randn(4, 3, generator=g),
+     lambda g: torch.randn(4, 3, generator=g)),
+    ("SmoothL1Loss", dict(beta=0.3, reduction="sum"), lambda g: torch.randn(4, 3, generator=g),
+     lambda g: torch.randn(4, 3, generator=g)),
+    ("HuberLoss", dict(delta=0.4), lambda g: torch.randn(4, 3, generator=g), lambda g: torch.randn(4, 3, generator=g)),
+    ("KLDivLoss", dict(reduction="batchmean", log_target=True), lambda g: torch.randn(4, 3, generator=g).log_softmax(1),
+     lambda g: torch.randn(4, 3, generator=g).log_softmax(1)),
+    ("MSELoss", dict(size_average=False, reduce=True), lambda g: torch.randn(4, 3, generator=g),
+     lambda g: torch.randn(4, 3, generator=g)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:size_average and reduce args will be deprecated")
+@pytest.mark.parametrize("name, arguments, make_input, make_target", LOSS_OPTIONS, ids=[o[0] for o in LOSS_OPTIONS])
+def test_loss_modules_pass_every_option(name, arguments, make_input, make_target):
+    hand, twin = getattr(hnn, name)(**arguments), getattr(torch.nn, name)(**arguments)
+    assert repr(hand) == repr(twin) and list(hand.state_dict()) == list(twin.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x, target = make_input(g).requires_grad_(), make_target(g)
+    outputs = []
+    for module in (hand, twin):
+        loss = module(x, target)
+        outputs.append((loss, torch.autograd.grad(loss.sum(), x)[0]))
+    torch.testing.assert_close(outputs[0], outputs[1])
 
 
 def test_linear_module_shape_error_names_the_layer_size():

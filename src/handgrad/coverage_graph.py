@@ -76,6 +76,9 @@ HANDGRAD_FUNCTIONS = {
     "ConvolutionBackward0": "conv2d", "MaxPool2DWithIndicesBackward0": "max_pool2d", "AvgPool2DBackward0": "avg_pool2d",
     "NativeBatchNormBackward0": "batch_norm", "CudnnBatchNormBackward0": "batch_norm",
     "NativeLayerNormBackward0": "layer_norm", "NativeDropoutBackward0": "dropout",
+    "BinaryCrossEntropyBackward0": "binary_cross_entropy",
+    "BinaryCrossEntropyWithLogitsBackward0": "binary_cross_entropy_with_logits",
+    "SmoothL1LossBackward0": "smooth_l1_loss", "HuberLossBackward0": "huber_loss",
 }
 
 

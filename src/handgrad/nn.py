@@ -17,6 +17,8 @@ import handgrad.functional as F
 
 __all__ = [
     "AvgPool2d",
+    "BCELoss",
+    "BCEWithLogitsLoss",
     "BatchNorm1d",
     "BatchNorm2d",
     "Conv2d",
@@ -26,6 +28,9 @@ __all__ = [
     "GRUCell",
     "LSTM",
     "LSTMCell",
+    "HuberLoss",
+    "KLDivLoss",
+    "L1Loss",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -34,8 +39,10 @@ __all__ = [
     "MaxPool2d",
     "RNN",
     "RNNCell",
+    "NLLLoss",
     "ReLU",
     "Sigmoid",
+    "SmoothL1Loss",
     "Softmax",
     "Tanh",
 ]
@@ -91,21 +98,49 @@ class MSELoss(torch.nn.MSELoss):
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
-class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
-    """Softmax cross-entropy on logits; ``weight``, ``ignore_index`` and ``label_smoothing``
-    are not hand-written yet and are refused rather than silently ignored."""
+class L1Loss(torch.nn.L1Loss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(input, target, reduction=self.reduction)
 
-    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
-                 label_smoothing=0.0):
-        if weight is not None or ignore_index != -100 or label_smoothing != 0.0:
-            raise NotImplementedError(
-                "handgrad.nn.CrossEntropyLoss supports reduction only; weight, ignore_index and "
-                "label_smoothing are not implemented (use torch.nn.CrossEntropyLoss for those)"
-            )
-        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+
+class SmoothL1Loss(torch.nn.SmoothL1Loss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+
+
+class HuberLoss(torch.nn.HuberLoss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """Softmax cross-entropy on logits, with every option of torch's (weight, ignore_index, label_smoothing,
+    class-index or class-probability targets, K-dimensional inputs)."""
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(input, target, reduction=self.reduction)
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(torch.nn.NLLLoss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class BCELoss(torch.nn.BCELoss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
+                                                  reduction=self.reduction)
+
+
+class KLDivLoss(torch.nn.KLDivLoss):
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
 
 
 # --------------------------------------------------------------------------- convolutional networks and regularisation

@@ -12,7 +12,17 @@ from handgrad.functional.embedding import embedding
 from handgrad.functional.fused import linear_activation, mlp
 from handgrad.functional.gru import gru, gru_cell
 from handgrad.functional.linear import linear
-from handgrad.functional.losses import cross_entropy, mse_loss
+from handgrad.functional.losses import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    huber_loss,
+    kl_div,
+    l1_loss,
+    mse_loss,
+    nll_loss,
+    smooth_l1_loss,
+)
 from handgrad.functional.lstm import lstm, lstm_cell
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
 from handgrad.functional.normalization import batch_norm, layer_norm
@@ -23,9 +33,14 @@ from handgrad.functional.softmax import log_softmax, softmax
 __all__ = [
     "avg_pool2d",
     "batch_norm",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
     "conv2d",
     "cross_entropy",
     "dropout",
+    "huber_loss",
+    "kl_div",
+    "l1_loss",
     "layer_norm",
     "leaky_relu",
     "linear",
@@ -37,8 +52,10 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_relu",
     "mse_loss",
+    "nll_loss",
     "relu",
     "sigmoid",
+    "smooth_l1_loss",
     "softmax",
     "tanh",
     # recurrent layers (rnn.py, lstm.py, gru.py over recurrent.py and recurrent_stack.py)

@@ -133,6 +133,6 @@ def call_error_input(name: str, error_input) -> None:
     """Build handgrad.nn.<name> from the error input and call it, as torch's test does."""
     constructor = error_input.module_error_input.constructor_input
     forward = error_input.module_error_input.forward_input
-    module = getattr(HN, name)(*copy_of(constructor.args), **copy_of(constructor.kwargs)).to(torch.float32)
+    module = getattr(HN, name)(*copy_of(constructor.args), **copy_of(constructor.kwargs))  # as torch builds it
     if forward is not None:
         module(*copy_of(forward.args), **copy_of(forward.kwargs))
