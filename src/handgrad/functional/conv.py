@@ -78,6 +78,8 @@ class Conv2d(TwinnedFunction):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
+        if input.numel() == 0 or grad_output.numel() == 0:  # an empty batch, or no channels: every gradient is 0
+            return empty_gradients(ctx, input, weight, grad_output)
         geometry, grad_input, grad_weight, grad_bias = ctx.geometry, None, None, None
         if ctx.needs_input_grad[0]:
             grad_input = transposed_convolution(grad_output, conj(weight), input.shape[2:], geometry)  # (N, C_in, H, W)
@@ -138,6 +140,14 @@ class ConvTranspose2d(TwinnedFunction):
     def jvp(ctx, t_input, t_weight, _t_geometry):
         input, weight = ctx.saved_tensors
         return transposed(t_input, weight, ctx.geometry) + transposed(input, t_weight, ctx.geometry)
+
+
+def empty_gradients(ctx, input, weight, grad_output):
+    """Conv2d's gradients when x or grad_y has no elements (N = 0, or C_in = 0, where torch's conv2d returns
+    no channels): zeros, of which the convolutions' channel arithmetic cannot make every shape."""
+    needs_x, needs_w, needs_b = ctx.needs_input_grad[:3]
+    return (torch.zeros_like(input) if needs_x else None, torch.zeros_like(weight) if needs_w else None,
+            grad_output.new_zeros(weight.shape[0]) if ctx.has_bias and needs_b else None, None)
 
 
 # --------------------------------------------------------------------------- the convolutions a backward runs
@@ -210,20 +220,20 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     _check_tensors(input, weight, bias)
     if input.dim() == 3:
         return conv2d(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
-    stride, dilation = pair(stride, "stride", "conv2d"), pair(dilation, "dilation", "conv2d")
+    strides, dilations = pair(stride, "stride", "conv2d"), pair(dilation, "dilation", "conv2d")
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got groups={groups!r}")
     if isinstance(padding, str):
-        padding, extra = _string_padding(padding, (weight.shape[2], weight.shape[3]), stride, dilation)
+        paddings, extra = _string_padding(padding, (weight.shape[2], weight.shape[3]), strides, dilations)
         if extra != (0, 0):  # the uneven 'same': the odd row (column) of zeros at the bottom (right)
             input = pad2d(input, (0, extra[1], 0, extra[0]))
     else:
-        padding = pair(padding, "padding", "conv2d")
-    for name, value, least in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", padding, 0)):
+        paddings = pair(padding, "padding", "conv2d")
+    for name, value, least in (("stride", strides, 1), ("dilation", dilations, 1), ("padding", paddings, 0)):
         if min(value) < least:
             raise ValueError(f"conv2d: {name} must be at least {least}, got {name}={value}")
-    _check_shapes(input, weight, bias, padding, dilation, groups)
-    return Conv2d.call(input, weight, bias, ConvGeometry(stride, padding, dilation, groups))
+    _check_shapes(input, weight, bias, paddings, dilations, groups)
+    return Conv2d.call(input, weight, bias, ConvGeometry(strides, paddings, dilations, groups))
 
 
 def _string_padding(padding: str, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
@@ -233,8 +243,8 @@ def _string_padding(padding: str, kernel: tuple[int, int], stride: tuple[int, in
     if padding != "same":
         raise ValueError(f"conv2d: padding={padding!r} is not 'valid', 'same', an int or a pair of ints")
     if stride != (1, 1):
-        raise ValueError(f"conv2d: padding='same' needs stride 1 (as in torch), got stride={stride}; pass the "
-                         "padding as ints for a strided convolution")
+        raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride}), as "
+                         "in torch; pass the padding as ints")
     totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]  # rows (columns) the output would lose
     return (totals[0] // 2, totals[1] // 2), (totals[0] % 2, totals[1] % 2)
 
@@ -266,7 +276,8 @@ def _check_shapes(input, weight, bias, padding, dilation, groups) -> None:
     if c_in % groups or c_out % groups or c_out < groups:
         raise ValueError(f"conv2d: groups={groups} must divide both the input's {c_in} channels (input of shape "
                          f"{tuple(input.shape)}) and the weight's {c_out} output channels (weight of shape "
-                         f"{tuple(weight.shape)}, at least one per group)")
+                         f"{tuple(weight.shape)}); in_channels and out_channels must be divisible by groups, "
+                         "with at least one output channel per group")
     if c_in != weight.shape[1] * groups:
         raise ValueError(f"conv2d: input of shape {tuple(input.shape)} has {c_in} channels, but weight of shape "
                          f"{tuple(weight.shape)} with groups={groups} expects {weight.shape[1]} * {groups} = "

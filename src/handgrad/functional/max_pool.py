@@ -100,8 +100,9 @@ def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tenso
     """grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w]: each window's gradient to its winner.
     Into a new zeros tensor in place where may_overwrite allows, out of place otherwise (create_graph, vmap)."""
     n, c, height, width = input_shape
-    flat_indices = indices.reshape(n, c, -1)
-    flat_grad = grad_output.reshape(n, c, -1)
+    windows = indices.shape[2] * indices.shape[3]  # H_out * W_out, given: reshape(n, c, -1) fails when n = 0
+    flat_indices = indices.reshape(n, c, windows)
+    flat_grad = grad_output.reshape(n, c, windows)
     zeros = grad_output.new_zeros(n, c, height * width)
     if not may_overwrite(grad_output):
         return zeros.scatter_add(2, flat_indices, flat_grad).view(n, c, height, width)
@@ -114,8 +115,9 @@ def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tenso
 
 def at_winners(t_input, indices) -> torch.Tensor:
     """t_y[n, c, h, w] = t_x[n, c].flat[idx[n, c, h, w]]: the tangent of each window's winner."""
-    n, c = indices.shape[:2]
-    return t_input.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(indices.shape)
+    n, c, out_h, out_w = indices.shape
+    flat_input = t_input.reshape(n, c, t_input.shape[2] * t_input.shape[3])
+    return flat_input.gather(2, indices.reshape(n, c, out_h * out_w)).view(n, c, out_h, out_w)
 
 
 EXACT_FLOAT32_INDICES = 2 ** 24  # max_pool_windows counts flat indices in float32: exact up to here

@@ -21,7 +21,7 @@ IntPair = int | Sequence[int]  # an int for both axes, or one or two of them (as
 def pair(value: IntPair, name: str, op: str) -> tuple[int, int]:
     """(v, v) for an int v or a 1-sequence (v,); (a, b) for a 2-sequence (a, b)."""
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
-        return value  # type: ignore[return-value]  # the common form, checked in ~0.1 us
+        return value  # the common form, checked in ~0.1 us
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise TypeError(f"{op}: {name} must be an int or a tuple of one or two ints, got {value!r}")
@@ -72,15 +72,7 @@ def window_views(x: torch.Tensor, kernel, stride, dilation, out_size) -> list[to
 
 def pool_window(op: str, input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None, padding: IntPair,
                 dilation: IntPair, ceil_mode: bool) -> Window:
-    """The Window of a pooling op's arguments, checked as torch checks them (against the input's shape)."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{op}: input must be a tensor, got {type(input).__name__}")
-    if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
-        raise ValueError(f"{op}: expected input of shape (N, C, H, W) or (C, H, W) with C, H and W non-zero (N may "
-                         f"be 0), got {tuple(input.shape)}")
-    if input.dtype == torch.bool or input.is_complex():
-        raise TypeError(f"{op}: input of dtype {input.dtype} is not supported, as in torch; convert it to a "
-                        "floating-point dtype")
+    """The Window of a pooling op's arguments, checked as torch checks them: the arguments, then the input."""
     kernel = pair(kernel_size, "kernel_size", op)
     no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
     stride = kernel if no_stride else pair(stride, "stride", op)  # type: ignore[arg-type]
@@ -91,6 +83,14 @@ def pool_window(op: str, input: torch.Tensor, kernel_size: IntPair, stride: IntP
     if min(padding) < 0 or any(p > k // 2 for p, k in zip(padding, kernel, strict=True)):
         raise ValueError(f"{op}: padding={padding} must be between 0 and half the kernel size {kernel} (rounded "
                          "down), so that every window holds at least one input")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}: input must be a tensor, got {type(input).__name__}")
+    if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
+        raise ValueError(f"{op}: expected input of shape (N, C, H, W) or (C, H, W) with C, H and W non-zero (N may "
+                         f"be 0), got {tuple(input.shape)}")
+    if input.dtype == torch.bool or input.is_complex():
+        raise TypeError(f"{op}: input of dtype {input.dtype} is not supported, as in torch; convert it to a "
+                        "floating-point dtype")
     window = Window(kernel, stride, padding, dilation, bool(ceil_mode))
     height, width = input.shape[-2:]
     if min(window.out_size(height, width)) < 1:
