@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import handgrad.nn as hnn
+from handgrad.verify import compare
 
 # (class name, constructor kwargs, input shape)
 LAYERS = [
@@ -151,9 +152,19 @@ def test_max_pool_returns_indices_like_torch():
     assert torch.equal(indices, expected_indices)
 
 
-def test_conv2d_refuses_other_padding_modes():
-    with pytest.raises(NotImplementedError, match=r"padding_mode='zeros' only, got 'reflect'"):
-        hnn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding=1), dict(kernel_size=(2, 4), padding="same"),
+                                    dict(kernel_size=3, padding=(2, 1), stride=2, dilation=(1, 2))], ids=str)
+def test_conv2d_padding_modes_match_torch(mode, kwargs):
+    """torch.nn.Conv2d pads by F.pad first; handgrad by its hand-written Pad2d, then the same convolution."""
+    torch.manual_seed(0)
+    hand = hnn.Conv2d(3, 4, padding_mode=mode, **kwargs).double()
+    twin = torch.nn.Conv2d(3, 4, padding_mode=mode, **kwargs).double()
+    twin.load_state_dict(hand.state_dict())
+    for shape in [(2, 3, 6, 7), (3, 6, 7)]:
+        x = torch.randn(shape, dtype=torch.float64)
+        compare(lambda input: hand(input), lambda input: twin(input), dict(input=x.requires_grad_())).assert_close()
+    assert torch.autograd.gradgradcheck(hand, torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True))
 
 
 def test_conv2d_wrong_channels_message_names_the_layer_fix():

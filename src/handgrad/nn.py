@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import handgrad.functional as F
+from handgrad.functional.padding import pad2d
 
 __all__ = [
     "AvgPool2d",
@@ -147,18 +148,14 @@ class KLDivLoss(torch.nn.KLDivLoss):
 
 
 class Conv2d(torch.nn.Conv2d):
-    """2-D convolution with the hand-written backward of ``handgrad.functional.conv2d``; only
-    zero padding is hand-written, so other ``padding_mode`` values are refused."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros":
-            raise NotImplementedError(
-                f"handgrad.nn.Conv2d supports padding_mode='zeros' only, got {self.padding_mode!r} "
-                "(use torch.nn.Conv2d for reflect, replicate or circular padding)"
-            )
+    """2-D convolution with the hand-written backward of ``handgrad.functional.conv2d``. A padding_mode
+    other than 'zeros' pads first, as torch.nn.Conv2d does ('reflect', 'replicate', 'circular': the
+    hand-written Pad2d of handgrad.functional.padding), then convolves without padding."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            padded = pad2d(input, tuple(self._reversed_padding_repeated_twice), self.padding_mode)
+            return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 

@@ -86,7 +86,7 @@ def breakdown(args) -> list[dict]:
 def pooling_parts(args) -> list[dict]:
     """LeNet-5's first ReLU and 2 x 2 max pooling at batch 128, input (128, 6, 28, 28): the pooling forward
     by torch's kernel and by handgrad's running maximum, and ReLU + pooling forward and backward three ways."""
-    from handgrad.functional.pooling import max_pool_windows
+    from handgrad.functional.max_pool import max_pool_windows
 
     torch.manual_seed(0)
     z = torch.randn(128, 6, 28, 28, requires_grad=True)  # the first convolution's output

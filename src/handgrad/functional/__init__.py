@@ -6,6 +6,7 @@ and every backward is derived by hand in the Function's docstring.
 
 from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
 from handgrad.functional.attention import scaled_dot_product_attention
+from handgrad.functional.avg_pool import avg_pool2d
 from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
 from handgrad.functional.embedding import embedding
@@ -24,9 +25,9 @@ from handgrad.functional.losses import (
     smooth_l1_loss,
 )
 from handgrad.functional.lstm import lstm, lstm_cell
+from handgrad.functional.max_pool import max_pool2d, max_pool2d_relu
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
 from handgrad.functional.normalization import batch_norm, layer_norm
-from handgrad.functional.pooling import avg_pool2d, max_pool2d, max_pool2d_relu
 from handgrad.functional.rnn import rnn_relu, rnn_relu_cell, rnn_tanh, rnn_tanh_cell
 from handgrad.functional.softmax import log_softmax, softmax
 

@@ -7,37 +7,28 @@ import torch.nn.functional as torch_F
 import handgrad.functional as F
 from handgrad.verify.compare import OpCase
 from handgrad.verify.inputs import pool_inputs
-from handgrad.verify.known import KnownFailure, first_order_samples
-from handgrad.verify.transforms import first_order
-
-MAX_POOL = first_order("MaxPool2d")
-# windows inside the input: max_pool_windows, whose out= kernels have no batching rule (a vmap staticmethod, or
-# torch's kernel under transforms, would do)
-MAX_POOL_WINDOWS = first_order("MaxPool2d",
-                               vmap_grad="vmap: max_pool_windows' torch.gt(..., out=) has no batching rule")
-AVG_POOL = first_order("AvgPool2d")
+from handgrad.verify.known import KnownFailure
 
 CASES: list[OpCase] = [
-    OpCase("max_pool2d(2x2)", F.max_pool2d, torch_F.max_pool2d, pool_inputs(2, 3, 8, 8), dict(kernel_size=2),
-           opt_out=MAX_POOL_WINDOWS),
+    OpCase("max_pool2d(2x2)", F.max_pool2d, torch_F.max_pool2d, pool_inputs(2, 3, 8, 8), dict(kernel_size=2)),
     OpCase("max_pool2d(3x3, stride=2, padding=1, odd 7x9)", F.max_pool2d, torch_F.max_pool2d, pool_inputs(2, 3, 7, 9),
-           dict(kernel_size=3, stride=2, padding=1), opt_out=MAX_POOL),
+           dict(kernel_size=3, stride=2, padding=1)),
     OpCase("max_pool2d(3x3, stride=1)", F.max_pool2d, torch_F.max_pool2d, pool_inputs(2, 3, 6, 7),
-           dict(kernel_size=3, stride=1), opt_out=MAX_POOL_WINDOWS),
+           dict(kernel_size=3, stride=1)),
     OpCase("max_pool2d((3,2), stride=(2,1), padding=(1,0), ceil_mode)", F.max_pool2d, torch_F.max_pool2d,
-           pool_inputs(2, 3, 8, 7), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True),
-           opt_out=MAX_POOL),
+           pool_inputs(2, 3, 8, 7), dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True)),
     OpCase("max_pool2d(2x2, dilation=2, padding=1)", F.max_pool2d, torch_F.max_pool2d, pool_inputs(2, 3, 7, 7),
-           dict(kernel_size=2, dilation=2, padding=1), opt_out=MAX_POOL),
-    OpCase("avg_pool2d(2x2, odd 7x7)", F.avg_pool2d, torch_F.avg_pool2d, pool_inputs(2, 3, 7, 7), dict(kernel_size=2),
-           opt_out=AVG_POOL),
+           dict(kernel_size=2, dilation=2, padding=1)),
+    OpCase("avg_pool2d(2x2, odd 7x7)", F.avg_pool2d, torch_F.avg_pool2d, pool_inputs(2, 3, 7, 7), dict(kernel_size=2)),
     OpCase("avg_pool2d(3x3, stride=2, padding=1)", F.avg_pool2d, torch_F.avg_pool2d, pool_inputs(2, 3, 7, 8),
-           dict(kernel_size=3, stride=2, padding=1), opt_out=AVG_POOL),
+           dict(kernel_size=3, stride=2, padding=1)),
     OpCase("avg_pool2d(3x3, stride=2, padding=1, ceil_mode, count_include_pad=False)", F.avg_pool2d,
            torch_F.avg_pool2d, pool_inputs(2, 3, 8, 8),
-           dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), opt_out=AVG_POOL),
+           dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
     OpCase("avg_pool2d((2,3), stride=1, divisor_override=4)", F.avg_pool2d, torch_F.avg_pool2d, pool_inputs(2, 3, 6, 6),
-           dict(kernel_size=(2, 3), stride=1, divisor_override=4), opt_out=AVG_POOL),
+           dict(kernel_size=(2, 3), stride=1, divisor_override=4)),
+    OpCase("avg_pool2d(3x3, stride=(1,), padding=(1,), divisor_override=-2)", F.avg_pool2d, torch_F.avg_pool2d,
+           pool_inputs(2, 3, 6, 5), dict(kernel_size=3, stride=(1,), padding=(1,), divisor_override=-2)),
 ]
 
 TORCH_OPS: dict[str, tuple[str, ...]] = {
@@ -45,9 +36,4 @@ TORCH_OPS: dict[str, tuple[str, ...]] = {
     "avg_pool2d": ("nn.functional.avg_pool2d",),
 }
 TORCH_MODULES: tuple[str, ...] = ("MaxPool2d", "AvgPool2d")
-KNOWN_FAILURES: list[KnownFailure] = [
-    *first_order_samples("max_pool2d", "MaxPool2d", gradgradcheck=3, jvp=3),
-    KnownFailure("avg_pool2d", "samples", r"(padding|stride) must be an int or a pair of ints, got \((\d,)?\)", 6,
-                 "1-tuples and an empty stride tuple, which torch accepts, are refused"),
-    *first_order_samples("avg_pool2d", "AvgPool2d", gradgradcheck=3, jvp=3),
-]
+KNOWN_FAILURES: list[KnownFailure] = []
