@@ -17,6 +17,7 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
@@ -141,7 +142,8 @@ class _BatchNormForward(torch.nn.modules.batchnorm._BatchNorm):
 
     In training with tracked statistics, num_batches_tracked counts the batches, and momentum=None
     averages the running statistics over all of them (factor 1 / num_batches_tracked). Batch
-    statistics normalise in training, and in evaluation when no running statistics are kept.
+    statistics normalise in training, and in evaluation when no running statistics are kept. An
+    empty batch in training counts as a batch but leaves the running statistics as they are, as in torch.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -163,6 +165,10 @@ class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
 
 class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
     """Batch norm over (N, C, H, W) with the hand-written backward of ``handgrad.functional.batch_norm``."""
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """Batch norm over (N, C, D, H, W) with the hand-written backward of ``handgrad.functional.batch_norm``."""
 
 
 class LayerNorm(torch.nn.LayerNorm):

@@ -5,13 +5,14 @@ and every backward is derived by hand in the Function's docstring.
 """
 
 from handgrad.functional.activations import leaky_relu, relu, sigmoid, tanh
+from handgrad.functional.batch_norm import batch_norm
 from handgrad.functional.conv import conv2d
 from handgrad.functional.dropout import dropout
 from handgrad.functional.fused import linear_activation, mlp
+from handgrad.functional.layer_norm import layer_norm
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import cross_entropy, mse_loss
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
-from handgrad.functional.normalization import batch_norm, layer_norm
 from handgrad.functional.pooling import avg_pool2d, max_pool2d, max_pool2d_relu
 from handgrad.functional.softmax import log_softmax, softmax
 
