@@ -248,8 +248,8 @@ def test_every_torch_twin_of_a_handgrad_module_is_pointed_to_it(name):
             "BatchNorm2d": (1,), "BatchNorm3d": (1,), "LayerNorm": (6,), "Softmax": (1,),
             "LogSoftmax": (1,)}.get(name, ())
     module = twin(*args)
-    x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d") else \
-        torch.randn(4, 1, 2, 3, 3) if name == "BatchNorm3d" else torch.randn(4, 6)
+    x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "Dropout2d") else \
+        torch.randn(4, 1, 2, 3, 3) if name in ("BatchNorm3d", "Dropout3d") else torch.randn(4, 6)
     x.requires_grad_(True)
     loss_args = {"MSELoss": (torch.randn(4, 6),), "CrossEntropyLoss": (torch.tensor([0, 1, 2, 3]),)}.get(name, ())
     with handgrad.coverage(module) as report:

@@ -21,6 +21,9 @@ __all__ = [
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -135,6 +138,27 @@ class AvgPool2d(torch.nn.AvgPool2d):
 class Dropout(torch.nn.Dropout):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.dropout(input, self.p, self.training)
+
+
+class Dropout1d(torch.nn.Dropout1d):
+    """Drops whole channels of an (N, C, L) or (C, L) input with ``handgrad.functional.dropout1d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout1d(input, self.p, self.training)
+
+
+class Dropout2d(torch.nn.Dropout2d):
+    """Drops whole channels of an (N, C, H, W) input with ``handgrad.functional.dropout2d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout2d(input, self.p, self.training)
+
+
+class Dropout3d(torch.nn.Dropout3d):
+    """Drops whole channels of an (N, C, D, H, W) or (C, D, H, W) input with ``handgrad.functional.dropout3d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout3d(input, self.p, self.training)
 
 
 class _BatchNormForward(torch.nn.modules.batchnorm._BatchNorm):

@@ -7,7 +7,7 @@ and every backward is derived by hand in the Function's docstring.
 from handgrad.functional.activations import leaky_relu, relu, sigmoid, tanh
 from handgrad.functional.batch_norm import batch_norm
 from handgrad.functional.conv import conv2d
-from handgrad.functional.dropout import dropout
+from handgrad.functional.dropout import dropout, dropout1d, dropout2d, dropout3d
 from handgrad.functional.fused import linear_activation, mlp
 from handgrad.functional.layer_norm import layer_norm
 from handgrad.functional.linear import linear
@@ -22,6 +22,9 @@ __all__ = [
     "conv2d",
     "cross_entropy",
     "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
     "layer_norm",
     "leaky_relu",
     "linear",
