@@ -2,6 +2,11 @@
 row), then scaled and shifted elementwise by a learned weight and bias. The statistics are per row,
 so unlike batch norm it behaves the same in training and evaluation and needs no running statistics.
 
+Second derivatives: torch 2.14's own F.layer_norm, like its batch_norm (batch_norm.py), gets the
+d(grad_weight)/d(input) block of its Hessian wrong under torch.func (its Hessian is not symmetric); its
+create_graph=True double backward agrees with this op's. verify/cases/normalization.py checks jacrev(jacrev)
+and hessian against a decomposition into primitive ops.
+
 Reference: Ba, Kiros & Hinton, "Layer Normalization" (2016); torch.nn.functional.layer_norm.
 """
 
@@ -29,7 +34,7 @@ class LayerNorm(TwinnedFunction):
     grad_x      = r (g - mean(g) - x_hat mean(g x_hat)),   g = grad_y * weight,   means over each row:
                   terms (1)-(3) of standardized_grad
                 + grad_mean / D - grad_r r^3 (x - mean) / D     terms (4), (5) (normalization.py), when not None
-    grad_weight = sum_{*} grad_y x_hat          (D...)   summed over the rows (none when x is one row)
+    grad_weight = sum_{*} grad_y x_hat          (D...)   summed over the rows (sum_rows: x may be one row)
     grad_bias   = sum_{*} grad_y                (D...)
     t_mean      = mean(t_x),   t_r = -r^2 mean(x_hat t_x)                                   (jvp)
     t_y         = weight r (t_x - mean(t_x) - x_hat mean(x_hat t_x)) + t_weight x_hat + t_bias

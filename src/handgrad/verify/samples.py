@@ -270,7 +270,10 @@ def run_transform(check: str, case: OpSample) -> Outcome:
 
     def run():
         if check == "gradgradcheck":
-            assert torch.autograd.gradgradcheck(hand, [p.clone().requires_grad_() for p in primals])
+            # above SMALL elements (an op none of whose samples is smaller), torch's fast mode: a random
+            # projection of the Jacobians, whose cost grows linearly, not with the square of the size
+            large = sum(p.numel() for p in primals) > SMALL
+            assert torch.autograd.gradgradcheck(hand, [p.clone().requires_grad_() for p in primals], fast_mode=large)
             return
         transform = forward_mode if check == "jvp" else per_sample
         try:
@@ -283,7 +286,10 @@ def run_transform(check: str, case: OpSample) -> Outcome:
     return outcome_of(run, s.summary())
 
 
-def transform_samples(op: str, opinfo_names: tuple[str, ...], limit: int, max_elements: int = 300) -> list[OpSample]:
+SMALL = 300  # elements of a sample the transform checks take by preference (transform_samples)
+
+
+def transform_samples(op: str, opinfo_names: tuple[str, ...], limit: int, max_elements: int = SMALL) -> list[OpSample]:
     """The first ``limit`` float64 samples of ``op`` whose input requires grad and whose differentiable
     tensors hold at most ``max_elements`` numbers together (gradgradcheck's cost grows with their square);
     for an op with no sample that small (dropout3d's are 5**4 elements and more), its smallest ones."""
