@@ -245,10 +245,12 @@ def test_strict_mode_passes_an_all_handgrad_model():
 def test_every_torch_twin_of_a_handgrad_module_is_pointed_to_it(name):
     twin = getattr(torch.nn, name)
     args = {"Linear": (6, 3), "Conv2d": (1, 2, 3), "MaxPool2d": (2,), "AvgPool2d": (2,), "BatchNorm1d": (6,),
-            "BatchNorm2d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,), "Embedding": (10, 6),
-            **dict.fromkeys(["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"], (6, 3))}.get(name, ())
+            "BatchNorm2d": (1,), "BatchNorm3d": (1,), "LayerNorm": (6,), "Softmax": (1,), "LogSoftmax": (1,),
+            "Embedding": (10, 6), **dict.fromkeys(["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"], (6, 3))
+            }.get(name, ())
     module = twin(*args)
-    x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d") else torch.randn(4, 6)
+    x = torch.randn(4, 1, 6, 6) if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm2d", "Dropout2d") else \
+        torch.randn(4, 1, 2, 3, 3) if name in ("BatchNorm3d", "Dropout3d") else torch.randn(4, 6)
     x = torch.rand(4, 6) if name == "BCELoss" else x  # probabilities
     x = torch.randint(10, (4, 6)) if name == "Embedding" else x.requires_grad_(True)  # token indices: no gradient
     classes, values = (torch.tensor([0, 1, 2, 3]),), (torch.rand(4, 6),)

@@ -22,6 +22,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "Conv2d",
     "CrossEntropyLoss",
     "Dropout",
@@ -32,6 +33,9 @@ __all__ = [
     "HuberLoss",
     "KLDivLoss",
     "L1Loss",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -176,12 +180,34 @@ class Dropout(torch.nn.Dropout):
         return F.dropout(input, self.p, self.training)
 
 
+class Dropout1d(torch.nn.Dropout1d):
+    """Drops whole channels of an (N, C, L) or (C, L) input with ``handgrad.functional.dropout1d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout1d(input, self.p, self.training)
+
+
+class Dropout2d(torch.nn.Dropout2d):
+    """Drops whole channels of an (N, C, H, W) input with ``handgrad.functional.dropout2d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout2d(input, self.p, self.training)
+
+
+class Dropout3d(torch.nn.Dropout3d):
+    """Drops whole channels of an (N, C, D, H, W) or (C, D, H, W) input with ``handgrad.functional.dropout3d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.dropout3d(input, self.p, self.training)
+
+
 class _BatchNormForward(torch.nn.modules.batchnorm._BatchNorm):
     """torch.nn.modules.batchnorm._BatchNorm.forward, calling the hand-written batch_norm.
 
     In training with tracked statistics, num_batches_tracked counts the batches, and momentum=None
     averages the running statistics over all of them (factor 1 / num_batches_tracked). Batch
-    statistics normalise in training, and in evaluation when no running statistics are kept.
+    statistics normalise in training, and in evaluation when no running statistics are kept. An
+    empty batch in training counts as a batch but leaves the running statistics as they are, as in torch.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -203,6 +229,10 @@ class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
 
 class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
     """Batch norm over (N, C, H, W) with the hand-written backward of ``handgrad.functional.batch_norm``."""
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """Batch norm over (N, C, D, H, W) with the hand-written backward of ``handgrad.functional.batch_norm``."""
 
 
 class LayerNorm(torch.nn.LayerNorm):

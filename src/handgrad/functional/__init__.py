@@ -7,11 +7,13 @@ and every backward is derived by hand in the Function's docstring.
 from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
 from handgrad.functional.attention import scaled_dot_product_attention
 from handgrad.functional.avg_pool import avg_pool2d
+from handgrad.functional.batch_norm import batch_norm
 from handgrad.functional.conv import conv2d
-from handgrad.functional.dropout import dropout
+from handgrad.functional.dropout import dropout, dropout1d, dropout2d, dropout3d
 from handgrad.functional.embedding import embedding
 from handgrad.functional.fused import linear_activation, mlp
 from handgrad.functional.gru import gru, gru_cell
+from handgrad.functional.layer_norm import layer_norm
 from handgrad.functional.linear import linear
 from handgrad.functional.losses import (
     binary_cross_entropy,
@@ -27,7 +29,6 @@ from handgrad.functional.losses import (
 from handgrad.functional.lstm import lstm, lstm_cell
 from handgrad.functional.max_pool import max_pool2d, max_pool2d_relu
 from handgrad.functional.mlp_loss import mlp_loss, mlp_loss_and_grads
-from handgrad.functional.normalization import batch_norm, layer_norm
 from handgrad.functional.rnn import rnn_relu, rnn_relu_cell, rnn_tanh, rnn_tanh_cell
 from handgrad.functional.softmax import log_softmax, softmax
 
@@ -39,6 +40,9 @@ __all__ = [
     "conv2d",
     "cross_entropy",
     "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
     "huber_loss",
     "kl_div",
     "l1_loss",

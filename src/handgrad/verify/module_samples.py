@@ -4,8 +4,9 @@ For each handgrad.nn class, the ModuleInfo of its torch.nn namesake: every Modul
 float32, in train and in eval mode. The torch module is built from the constructor input, its
 state_dict loaded into the handgrad twin, and both are called on copies of the forward input: the
 outputs, the gradients of the inputs and of every parameter, and every buffer after the call and after a
-second, no_grad call (running statistics, num_batches_tracked) must agree. torch.nn.Dropout has no
-ModuleInfo: its inputs are made from the nn.functional.dropout samples.
+second, no_grad call (running statistics, num_batches_tracked) must agree. torch.nn.Dropout and the
+channel dropouts Dropout1d, Dropout2d, Dropout3d have no ModuleInfo: their inputs are made from the
+samples of their functional op (DropoutInfo).
 """
 
 from __future__ import annotations
@@ -42,18 +43,25 @@ class ModuleSample:
     module_input: Any  # a ModuleInput
 
 
+DROPOUT_OPINFOS = {"Dropout": "nn.functional.dropout", "Dropout1d": "nn.functional.dropout1d",
+                   "Dropout2d": "nn.functional.dropout2d", "Dropout3d": "nn.functional.dropout3d"}
+
+
 def module_info(name: str):
-    """The ModuleInfo of torch.nn.<name>; for Dropout, which has none, one made from the functional samples."""
+    """The ModuleInfo of torch.nn.<name>; for the dropouts, which have none, one made from the functional samples."""
     cls = getattr(torch.nn, name)
     found = next((info for info in databases()[1] if info.module_cls is cls), None)
-    return found if found is not None else DropoutInfo() if name == "Dropout" else None
+    return found if found is not None else DropoutInfo(name) if name in DROPOUT_OPINFOS else None
 
 
 class DropoutInfo:
-    """A stand-in ModuleInfo for torch.nn.Dropout: Dropout(p)(input) for each nn.functional.dropout sample."""
+    """A stand-in ModuleInfo for torch.nn.<name>, a dropout: <name>(p)(input) for each sample of its functional
+    op's OpInfo (DROPOUT_OPINFOS)."""
 
-    module_cls = torch.nn.Dropout
     module_error_inputs_func = None
+
+    def __init__(self, name: str):
+        self.module_cls, self.functional = getattr(torch.nn, name), DROPOUT_OPINFOS[name]
 
     def supported_dtypes(self, device_type):
         return set(DTYPES)
@@ -61,7 +69,7 @@ class DropoutInfo:
     def module_inputs_func(self, info, device, dtype, requires_grad, training):
         from torch.testing._internal.common_modules import FunctionInput, ModuleInput
         seen, inputs = set(), []
-        for s in opinfo("nn.functional.dropout").sample_inputs(device, dtype, requires_grad=requires_grad):
+        for s in opinfo(self.functional).sample_inputs(device, dtype, requires_grad=requires_grad):
             p = s.kwargs.get("p", 0.5)
             if not s.kwargs.get("inplace") and (p, s.input.shape) not in seen:  # torch's inplace refuses a leaf
                 seen.add((p, s.input.shape))

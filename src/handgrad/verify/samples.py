@@ -30,8 +30,8 @@ from handgrad.verify.known import Outcome
 
 DTYPES = (torch.float64, torch.float32)
 REFUSALS = (ValueError, TypeError, NotImplementedError)
-RANDOM_OPS = {"dropout": "different", **cases.RANDOM_OPS}  # op -> torch.vmap randomness; both sides draw under the
-#                                                            same seed
+RANDOM_OPS = {"dropout": "different", "dropout1d": "different", "dropout2d": "different", "dropout3d": "different",
+              **cases.RANDOM_OPS}  # op -> torch.vmap randomness; both sides draw under the same seed
 
 
 @dataclass
@@ -61,8 +61,32 @@ def thaw_backend_flags() -> None:
 
 
 def opinfo(full_name: str):
-    """The OpInfo named ``full_name``: its name, and ".variant" for a variant ("softmax.with_dtype")."""
-    return next(op for op in databases()[0] if full_name_of(op) == full_name)
+    """The OpInfo named ``full_name``: its name, and ".variant" for a variant ("softmax.with_dtype"); for an op
+    torch has none for, the stand-in ``stand_in_opinfo`` makes."""
+    found = next((op for op in databases()[0] if full_name_of(op) == full_name), None)
+    return found if found is not None else stand_in_opinfo(full_name)
+
+
+@cache
+def stand_in_opinfo(full_name: str):
+    """nn.functional.dropout1d's OpInfo, which torch lacks: made as torch makes its dropout2d and dropout3d
+    entries (sample_inputs_dropout with the op's valid input dims, the op under wrapper_set_seed)."""
+    if full_name != "nn.functional.dropout1d":
+        raise KeyError(f"no OpInfo named {full_name!r}")
+    from functools import partial
+
+    from torch.testing._internal.common_methods_invocations import (
+        OpInfo,
+        floating_types_and,
+        sample_inputs_dropout,
+        wrapper_set_seed,
+    )
+    return OpInfo("nn.functional.dropout1d",
+                  op=lambda input, *args, **kwargs: wrapper_set_seed(torch.nn.functional.dropout1d, input, *args,
+                                                                     **kwargs),
+                  dtypes=floating_types_and(torch.float16, torch.bfloat16), supports_out=False,
+                  supports_forward_ad=True, supports_fwgrad_bwgrad=True,
+                  sample_inputs_func=partial(sample_inputs_dropout, valid_input_dim=(2, 3)))
 
 
 def full_name_of(info) -> str:
@@ -273,7 +297,10 @@ def run_transform(check: str, case: OpSample) -> Outcome:
 
     def run():
         if check == "gradgradcheck":
-            assert torch.autograd.gradgradcheck(hand, [p.clone().requires_grad_() for p in primals])
+            # above SMALL elements (an op none of whose samples is smaller), torch's fast mode: a random
+            # projection of the Jacobians, whose cost grows linearly, not with the square of the size
+            large = sum(p.numel() for p in primals) > SMALL
+            assert torch.autograd.gradgradcheck(hand, [p.clone().requires_grad_() for p in primals], fast_mode=large)
             return
         transform = forward_mode if check == "jvp" else per_sample
         try:
@@ -286,12 +313,18 @@ def run_transform(check: str, case: OpSample) -> Outcome:
     return outcome_of(run, s.summary())
 
 
-def transform_samples(op: str, opinfo_names: tuple[str, ...], limit: int, max_elements: int = 300) -> list[OpSample]:
+SMALL = 300  # elements of a sample the transform checks take by preference (transform_samples)
+
+
+def transform_samples(op: str, opinfo_names: tuple[str, ...], limit: int, max_elements: int = SMALL) -> list[OpSample]:
     """The first ``limit`` float64 samples of ``op`` whose input requires grad and whose differentiable
     tensors hold at most ``max_elements`` numbers together (gradgradcheck's cost grows with their square;
-    a family's TRANSFORM_MAX_ELEMENTS raises it for an op whose smallest samples are larger)."""
+    a family's TRANSFORM_MAX_ELEMENTS raises it for an op whose smallest samples are larger); for an op with no
+    sample that small (dropout3d's are 5**4 elements and more), its smallest ones."""
     max_elements = cases.TRANSFORM_MAX_ELEMENTS.get(op, max_elements)
-    def small(sample) -> bool:
-        return sum(t.numel() for t in leaves((sample.input, sample.args, sample.kwargs))) <= max_elements
-    return [c for c in op_samples(op, opinfo_names, (torch.float64,))
-            if isinstance(c.sample.input, torch.Tensor) and c.sample.input.requires_grad and small(c.sample)][:limit]
+    def size(sample) -> int:
+        return sum(t.numel() for t in leaves((sample.input, sample.args, sample.kwargs)))
+    candidates = [c for c in op_samples(op, opinfo_names, (torch.float64,))
+                  if isinstance(c.sample.input, torch.Tensor) and c.sample.input.requires_grad]
+    small = [c for c in candidates if size(c.sample) <= max_elements][:limit]
+    return small or sorted(candidates, key=lambda c: size(c.sample))[:limit]
