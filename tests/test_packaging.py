@@ -23,8 +23,8 @@ from conftest import REPO
 
 def test_pyproject_lists_every_package():
     """setuptools installs the packages listed in pyproject.toml only; a new subpackage must be added there."""
-    listed = set(re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*)\]$", (REPO / "pyproject.toml").read_text(),
-                                                      re.MULTILINE)[1]))
+    packages = re.search(r"^packages = \[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL)
+    listed = set(re.findall(r'"([\w.]+)"', packages[1]))
     found = {".".join(init.parent.relative_to(REPO / "src").parts) for init in (REPO / "src").rglob("__init__.py")}
     assert listed == found | {"handgrad.configs"}, f"add {sorted(found - listed)} to [tool.setuptools] packages"
 
@@ -59,3 +59,8 @@ def test_the_wheel_installs_and_trains_from_another_folder(tmp_path):
     assert done.stdout.splitlines()[-1].startswith("test accuracy ") and "run logs/spirals/version_0" in done.stdout
     where = run(python, "-c", "import handgrad; print(handgrad.__file__)", cwd=elsewhere, env=env).stdout
     assert where.startswith(str(env_dir))  # the installed copy, not this clone's
+    # the version the wheel carries is the one the package reports, and the one the changelog opens with
+    version = run(python, "-c", "import handgrad, importlib.metadata as m; print(handgrad.__version__, "
+                  "m.version('handgrad'))", cwd=elsewhere, env=env).stdout.split()
+    assert version[0] == version[1] and wheel.name.startswith(f"handgrad-{version[0]}-")
+    assert re.search(rf"^## {re.escape(version[0])}\b", (REPO / "CHANGELOG.md").read_text(), re.MULTILINE)
