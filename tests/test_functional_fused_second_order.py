@@ -134,8 +134,9 @@ def test_hessian_vector_product_through_mlp_loss_equals_torchs(name):
     expected = hvp(reference, params, vectors)
     assert_close(hvp(hand, params, vectors), expected)
     # the same product forward over reverse, as torch.func computes it
-    flat = lambda fn: lambda *ps: fn(list(ps))  # noqa: E731
-    _, forward_over_reverse = jvp(grad(flat(hand), argnums=tuple(range(len(params)))), tuple(params), tuple(vectors))
+    def of_tensors(*params):
+        return hand(list(params))
+    _, forward_over_reverse = jvp(grad(of_tensors, argnums=tuple(range(len(params)))), tuple(params), tuple(vectors))
     assert_close(list(forward_over_reverse), list(expected))
 
 
@@ -144,8 +145,8 @@ def test_hessian_vector_product_through_mlp_loss_equals_torchs(name):
 
 @pytest.mark.parametrize("name", list(NETWORKS))
 def test_vmap_over_weights_equals_torch(name):
-    """An ensemble of networks on one batch: the weights batched, the data not; the in-place activations
-    act on temporaries that are batched themselves. Loss, per-member gradients and the mlp's output."""
+    """An ensemble of networks on one batch: the weights batched, the data not (under torch.func the
+    forward's activations take their out-of-place path). Loss, per-member gradients, the outputs."""
     members = [network(name, seed=seed) for seed in range(3)]
     inputs, _, _, kwargs = members[0]
     x, target = inputs["input"].detach(), inputs["target"]

@@ -49,8 +49,8 @@ class Activations:
 def activate_(z: torch.Tensor, activation: str | None, negative_slope: float, inplace: bool = True) -> torch.Tensor:
     """a = f(z); in place in z (the fused op's own temporary, never a user's tensor) when ``inplace``.
 
-    Only unary in-place ops, which torch.vmap allows on any tensor; a Function's forward passes
-    ``may_overwrite()``, False while dynamo traces a torch.func transform.
+    A Function's forward passes ``may_overwrite()``: False under a torch.func transform (rule R3), where
+    the out-of-place forms run.
     """
     if activation == "sigmoid":  # torch's kernel on z >= -C (see clamped_sigmoid_): e^-z never overflows
         return clamped_sigmoid_(z) if inplace else torch.sigmoid(z.clamp(min=-SIGMOID_CLAMP[z.dtype == torch.float64]))
