@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from handgrad.callbacks import GradientCheck, GradientFlow, GradientMismatchWarning, MisclassifiedExamples, as_images
 from handgrad.data import DataModule
-from handgrad.functional import fused as fused_ops
+from handgrad.functional import backprop as fused_ops
 from handgrad.functional.activations import Sigmoid
 from handgrad.lit_module import Classifier
 from handgrad.models import MLP
@@ -115,11 +115,11 @@ def test_training_state_is_untouched():
 @pytest.mark.parametrize("fused", [False, True], ids=["per-layer Functions", "fused step"])
 def test_a_broken_backward_is_named_and_logged(monkeypatch, fused):
     # Each path has its own sigmoid derivative; the check must catch a wrong one in the path training takes.
-    if fused:  # the fused step's (handgrad.functional.fused), doubled
+    if fused:  # the fused step's (handgrad.functional.backprop), doubled
         correct = fused_ops.activation_backward
 
-        def doubled(grad, a, f, negative_slope):
-            return (2 if f == "sigmoid" else 1) * correct(grad, a, f, negative_slope)
+        def doubled(grad, a, f, negative_slope, *flags):
+            return (2 if f == "sigmoid" else 1) * correct(grad, a, f, negative_slope, *flags)
         monkeypatch.setattr(fused_ops, "activation_backward", doubled)
     else:  # the Sigmoid Function's, doubled
         correct = Sigmoid.backward

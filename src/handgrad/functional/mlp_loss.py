@@ -18,17 +18,19 @@ from collections.abc import Sequence
 
 import torch
 
-from handgrad.functional.function import Autocast, TwinnedFunction, twinned
-from handgrad.functional.fused import (
+from handgrad.functional.autocast import autocast_on_any_device
+from handgrad.functional.backprop import (
     Activations,
-    as_cost_operand,
     backpropagate,
-    check_layers,
-    checked_activations,
     forward_layers,
+    forward_tangents,
+    matmul_operands,
+    plus,
     save_layers,
     saved_layers,
 )
+from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, transforms_active, twinned
+from handgrad.functional.fused import check_layers, checked_activations
 
 # --------------------------------------------------------------------------- the cost
 
@@ -36,8 +38,10 @@ LOSSES = ("mse", "cross_entropy")
 REDUCTIONS = ("mean", "sum")
 
 
-def cost(y: torch.Tensor, target: torch.Tensor, loss: str, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, r): the cost of y against target and its residual r (see MLPLoss); float32 under autocast."""
+def cost(y: torch.Tensor, target: torch.Tensor, loss: str, reduction: str,
+         inplace: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, r): the cost of y against target and its residual r (see MLPLoss); float32 under autocast.
+    ``inplace``: r is built in place in the cost's own temporary (a Function's forward: ``may_overwrite()``)."""
     y, target = as_cost_operand(y), as_cost_operand(target)
     if loss == "mse":
         residual = y - target  # r (N, D_L)
@@ -47,14 +51,29 @@ def cost(y: torch.Tensor, target: torch.Tensor, loss: str, reduction: str) -> tu
     log_p = torch.log_softmax(y, 1)  # (N, C)
     picked = log_p.gather(1, index)  # log p_n[t_n] (N, 1); an index outside 0..C-1 raises here
     value = -(picked.mean() if reduction == "mean" else picked.sum())
-    return value, torch.exp(log_p).scatter_add_(1, index, torch.full_like(picked, -1))  # r = p - onehot(t)
+    p, minus_one = torch.exp(log_p), torch.full_like(picked, -1)
+    return value, p.scatter_add_(1, index, minus_one) if inplace else p.scatter_add(1, index, minus_one)  # p - onehot
+
+
+def as_cost_operand(t: torch.Tensor) -> torch.Tensor:
+    """t as torch's losses read it under autocast (mse_loss and cross_entropy run in float32 there):
+    a float32 copy of a bf16/fp16 tensor; else t itself."""
+    if t.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(t.device.type):
+        return t.float()
+    return t
 
 
 def residual_scale(residual: torch.Tensor, loss: str, reduction: str) -> float:
-    """c with dL/dy = c r ("mse": c = 2 s) or dL/dz_L = c r ("cross_entropy": c = s); s = 1/n or 1."""
+    """c with dL/dr = c r ("mse": c = 2 s) or dL/dz_L = c r ("cross_entropy": c = s); s = 1/n or 1."""
     n = residual.numel() if loss == "mse" else residual.shape[0]
     s = 1 / n if reduction == "mean" else 1
     return 2 * s if loss == "mse" else s
+
+
+def softmax_of(residual: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """p = r + onehot(t), the softmax of the logits, from cross-entropy's residual r = p - onehot(t)."""
+    index = target.unsqueeze(1)
+    return residual.scatter_add(1, index, torch.ones_like(index, dtype=residual.dtype))
 
 
 @twinned
@@ -63,53 +82,77 @@ class MLPLoss(TwinnedFunction):
 
     Forward, y = MLP(x) (N, D_L), reduced with s = 1/n for "mean" and s = 1 for "sum":
         "mse":            L = s * sum_nk r_nk^2,  r = y - t                  t (N, D_L),  n = N * D_L
-        "cross_entropy":  L = -s * sum_n log p_n[t_n],  p = softmax(y)       t (N,) class indices,  n = N
-                          (log p by torch.log_softmax, which subtracts each row's max: stable;
-                          y holds logits: output_activation must be None)
-    Backward, with grad_L the upstream gradient of the scalar L:
-        "mse":            grad_y  = 2 s r * grad_L          (N, D_L)   then BP1: delta_L = grad_y * f_L'
-                          grad_t  = -grad_y
-        "cross_entropy":  delta_L = s r * grad_L,  r = p - onehot(t)   (softmax's Jacobian and the
-                          log's 1/p cancel, so nothing divides by a tiny p)
-    and BP2-BP4 exactly as in MLP. The residual r is formed in the forward, where its pieces are.
+        "cross_entropy":  L = -s * sum_n log p_n[t_n],  p = softmax(y),  r = p - onehot(t)
+                          t (N,) class indices,  n = N  (log p by torch.log_softmax, which subtracts
+                          each row's max: stable; y holds logits: output_activation must be None)
+    Outputs (L, y, r, a_1 .. a_{L-1}), all differentiable, so that backward reads only inputs and
+    outputs; ``mlp_loss`` returns L and y detached. Backward, with grad_L the upstream gradient of
+    L and grad_y, grad_r, grad_a_l those of the other outputs (None unless used: double backward):
+        "mse":            g_r     = 2 s r * grad_L + grad_r        (N, D_L)   the whole gradient of r
+                          grad_t  = -g_r,   dLoss/dy = g_r + grad_y,   then BP1: delta_L = dLoss/dy * f_L'
+        "cross_entropy":  delta_L = s r * grad_L                   (softmax's Jacobian and the log's 1/p
+                                    + p * (grad_r - sum_j p_j grad_r_j)   cancel: nothing divides by p)
+                                    + grad_y                        (f_L is the identity: y = z_L)
+    and BP2-BP4 exactly as in MLP, grad_a_l added at layer l. The residual r is formed in the
+    forward, where its pieces are; p = r + onehot(t) is rebuilt only for a grad_r.
+    jvp: t_a_l and t_y by MLP's forward sweep of tangents, then
+        "mse":            t_r = t_y - t_t,                        t_L = 2 s sum r * t_r
+        "cross_entropy":  t_r = p * (t_y - sum_j p_j t_y_j),      t_L = s sum r * t_y
 
-    Returns (L, y, r, a_1 .. a_{L-1}); only L is differentiable, y is returned for metrics.
-    Saves MLP's tensors plus r.
+    Saves MLP's tensors, r, and for cross-entropy the target (integer: zero derivative).
     """
 
-    autocast = Autocast.AS_WRITTEN  # under the caller's autocast: matmuls in bf16 / fp16, the cost in float32
-    once_differentiable = True  # first order only: its backward reads r, y, a_l saved non-differentiable (R1)
+    autocast = Autocast.AS_WRITTEN  # the wrapper casts the matmul operands; the cost runs in float32 under autocast
 
     @staticmethod
     def forward(input, target, loss, reduction, activations, *params):
-        *hidden, y = forward_layers(input, params, activations)
-        value, residual = cost(y, target, loss, reduction)
+        inplace = may_overwrite()
+        *hidden, y = forward_layers(input, params, activations, inplace)
+        value, residual = cost(y, target, loss, reduction, inplace)
         return value, y, residual, *hidden
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, loss, reduction, activations, *params = inputs
         _, y, residual, *hidden = output
-        ctx.mark_non_differentiable(y, residual, *hidden)
-        ctx.set_materialize_grads(False)
+        ctx.set_materialize_grads(False)  # an unused output's gradient is None, not a tensor of zeros
         ctx.activations, ctx.num_layers, ctx.output_dtype = activations, len(params) // 2, y.dtype
-        ctx.c = residual_scale(residual, loss, reduction)
+        ctx.loss, ctx.c = loss, residual_scale(residual, loss, reduction)
         needs_x, _, _, _, _, *needs_params = ctx.needs_input_grad
         save_layers(ctx, input, params, hidden, y if activations.output is not None else None,  # f_L' = 1: no y
-                    needs_x, needs_params, residual)
+                    needs_x, needs_params, residual, target if loss == "cross_entropy" else None)
 
     @staticmethod
-    def backward(ctx, grad_loss, *_grad_others):  # y, r and the hidden a_l are non-differentiable
-        if grad_loss is None:  # the loss did not reach the final result
-            return None, None, None, None, None, *[None] * (2 * ctx.num_layers)
-        a, weights, (residual,) = saved_layers(ctx)
+    def backward(ctx, grad_loss, grad_y, grad_residual, *grad_hidden):
+        a, weights, (residual, target) = saved_layers(ctx)
         needs_x, needs_target, _, _, _, *needs_params = ctx.needs_input_grad
-        grad_y = residual * (grad_loss * ctx.c)  # "mse": dL/dy = 2 s r grad_L; "cross_entropy": delta_L = s r grad_L
-        grad_target = -grad_y if needs_target else None  # only "mse" has a differentiable target
-        if grad_y.dtype != ctx.output_dtype:  # under autocast r is float32 (see cost); the matmuls run in y's
-            grad_y = grad_y.to(ctx.output_dtype)
-        grad_x, *grad_params = backpropagate(grad_y, a, weights, ctx.activations, needs_x, needs_params)
+        from_cost = grad_y is None and grad_residual is None and grad_hidden.count(None) == len(grad_hidden)
+        grad_r = None if grad_loss is None else residual * (grad_loss * ctx.c)  # dL/dr ("mse"), dL/dz_L ("ce")
+        if grad_residual is not None:  # r's own gradient, through r = y - t, or r = softmax(y) - onehot(t)
+            if ctx.loss == "cross_entropy":
+                p = softmax_of(residual, target)
+                grad_residual = p * (grad_residual - (p * grad_residual).sum(1, keepdim=True))
+            grad_r = plus(grad_r, grad_residual)
+        grad_target = -grad_r if needs_target and grad_r is not None else None  # only "mse" has a float target
+        if grad_r is not None and grad_r.dtype != ctx.output_dtype:  # under autocast r is float32 (see cost)
+            grad_r = grad_r.to(ctx.output_dtype)
+        grad_x, *grad_params = backpropagate(plus(grad_r, grad_y), a, weights, ctx.activations, needs_x, needs_params,
+                                             grad_hidden, may_overwrite(grad_loss), from_cost)
         return grad_x, grad_target, None, None, None, *grad_params
+
+    @staticmethod
+    def jvp(ctx, t_input, t_target, _t_loss, _t_reduction, _t_activations, *t_params):
+        a, weights, (residual, target) = saved_layers(ctx)
+        *t_hidden, t_y = forward_tangents(t_input, t_params, a, weights, ctx.activations)
+        t_cost = t_y.to(residual.dtype)  # float32 under autocast, as the cost
+        if ctx.loss == "mse":
+            t_residual = t_cost if t_target is None else t_cost - t_target.to(residual.dtype)
+            t_loss = ctx.c * (residual * t_residual).sum()
+        else:
+            p = softmax_of(residual, target)
+            t_residual = p * (t_cost - (p * t_cost).sum(1, keepdim=True))
+            t_loss = ctx.c * (residual * t_cost).sum()
+        return t_loss, t_y, t_residual, *t_hidden
 
 
 def mlp_loss(input: torch.Tensor, target: torch.Tensor, weights: Sequence[torch.Tensor],
@@ -127,8 +170,10 @@ def mlp_loss(input: torch.Tensor, target: torch.Tensor, weights: Sequence[torch.
     activations, target = _check_mlp_loss_args("mlp_loss", input, target, weights, biases, activation,
                                                output_activation, loss, reduction, negative_slope)
     params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
+    if autocast_on_any_device():
+        input, params = matmul_operands(input, params)
     value, output, *_ = MLPLoss.call(input, target, loss, reduction, activations, *params)
-    return value, output
+    return value, output.detach()
 
 
 @torch.no_grad()
@@ -147,11 +192,14 @@ def mlp_loss_and_grads(input: torch.Tensor, target: torch.Tensor, weights: Seque
     activations, target = _check_mlp_loss_args("mlp_loss_and_grads", input, target, weights, biases, activation,
                                                output_activation, loss, reduction, negative_slope)
     params = [p for weight, bias in zip(weights, biases, strict=True) for p in (weight, bias)]
-    *hidden, y = forward_layers(input, params, activations)
-    value, residual = cost(y, target, loss, reduction)
-    grad_y = residual * residual_scale(residual, loss, reduction)  # dL/dy ("mse") or delta_L ("cross_entropy")
+    inplace = not transforms_active()  # in place in its own temporaries, but not under torch.vmap (rule R3)
+    *hidden, y = forward_layers(input, params, activations, inplace)
+    value, residual = cost(y, target, loss, reduction, inplace)
+    scale = residual_scale(residual, loss, reduction)
+    grad_y = residual.mul_(scale) if inplace else residual * scale  # dL/dy ("mse") or delta_L ("cross_entropy")
     needs_params = [p is not None for p in params]
-    _, *grads = backpropagate(grad_y, [input, *hidden, y], weights, activations, False, needs_params)
+    _, *grads = backpropagate(grad_y, [input, *hidden, y], weights, activations, False, needs_params, None, inplace,
+                              from_cost=True)
     return value, y, grads
 
 

@@ -14,7 +14,6 @@ from handgrad.functional.mlp_loss import mlp_loss
 from handgrad.verify.compare import Inputs, OpCase
 from handgrad.verify.inputs import class_indices, linear_inputs, pool_inputs, randn
 from handgrad.verify.known import KnownFailure
-from handgrad.verify.transforms import first_order
 
 # The plain torch ops each fused activation stands for (applied after torch_F.linear).
 TORCH_ACTIVATIONS: dict[str | None, Callable] = {
@@ -92,15 +91,14 @@ def _mlp_inputs(*widths: int, bias: bool | list[bool] = True, target: str | None
     return make
 
 
-LINEAR_ACTIVATION, MLP, MLP_LOSS = (first_order(name) for name in ("LinearActivation", "MLP", "MLPLoss"))
 
 CASES: list[OpCase] = [
     *(OpCase(f"linear_activation({name})", linear_activation, linear_activation_reference, linear_inputs,
-             dict(activation=activation), opt_out=LINEAR_ACTIVATION)
+             dict(activation=activation))
       for name, activation in [("sigmoid", "sigmoid"), ("tanh", "tanh"), ("relu", "relu"), ("softmax", "softmax"),
                                ("identity", None)]),
     OpCase("linear_activation(leaky_relu)", linear_activation, linear_activation_reference, linear_inputs,
-           dict(activation="leaky_relu", negative_slope=0.2), opt_out=LINEAR_ACTIVATION),
+           dict(activation="leaky_relu", negative_slope=0.2)),
     OpCase("max_pool2d_relu(2x2)", F.max_pool2d_relu, max_pool2d_relu_reference, pool_inputs(2, 3, 8, 8),
            dict(kernel_size=2)),
     OpCase("max_pool2d_relu(3x3, stride=2, padding=1, odd 7x9)", F.max_pool2d_relu, max_pool2d_relu_reference,
@@ -108,26 +106,27 @@ CASES: list[OpCase] = [
     OpCase("max_pool2d_relu(3x3, stride=1)", F.max_pool2d_relu, max_pool2d_relu_reference, pool_inputs(2, 3, 6, 7),
            dict(kernel_size=3, stride=1)),
     OpCase("mlp(sigmoid, out=sigmoid)", mlp_by_name, mlp_reference, _mlp_inputs(5, 4, 3),
-           dict(activation="sigmoid", output_activation="sigmoid"), opt_out=MLP),
-    OpCase("mlp(relu, out=None)", mlp_by_name, mlp_reference, _mlp_inputs(5, 6, 4, 3), dict(activation="relu"),
-           opt_out=MLP),
+           dict(activation="sigmoid", output_activation="sigmoid")),
+    OpCase("mlp(relu, out=None)", mlp_by_name, mlp_reference, _mlp_inputs(5, 6, 4, 3), dict(activation="relu")),
     OpCase("mlp(tanh, out=softmax)", mlp_by_name, mlp_reference, _mlp_inputs(5, 6, 4, 3),
-           dict(activation="tanh", output_activation="softmax"), opt_out=MLP),
+           dict(activation="tanh", output_activation="softmax")),
     OpCase("mlp(leaky_relu, no hidden bias)", mlp_by_name, mlp_reference,
-           _mlp_inputs(5, 6, 4, 3, bias=[True, False, True]), dict(activation="leaky_relu", negative_slope=0.2),
-           opt_out=MLP),
+           _mlp_inputs(5, 6, 4, 3, bias=[True, False, True]), dict(activation="leaky_relu", negative_slope=0.2)),
     OpCase("mlp(one layer, sigmoid)", mlp_by_name, mlp_reference, _mlp_inputs(5, 3),
-           dict(activation="relu", output_activation="sigmoid"), opt_out=MLP),
+           dict(activation="relu", output_activation="sigmoid")),
     OpCase("mlp_loss(mse, sigmoid)", mlp_loss_by_name, mlp_loss_reference, _mlp_inputs(5, 4, 3, target="values"),
-           dict(activation="sigmoid", output_activation="sigmoid", loss="mse"), opt_out=MLP_LOSS),
+           dict(activation="sigmoid", output_activation="sigmoid", loss="mse")),
     OpCase("mlp_loss(mse, sum, relu)", mlp_loss_by_name, mlp_loss_reference,
-           _mlp_inputs(5, 6, 4, 3, target="values"), dict(activation="relu", loss="mse", reduction="sum"),
-           opt_out=MLP_LOSS),
+           _mlp_inputs(5, 6, 4, 3, target="values"), dict(activation="relu", loss="mse", reduction="sum")),
+    OpCase("mlp_loss(mse, leaky_relu, out=None)", mlp_loss_by_name, mlp_loss_reference,
+           _mlp_inputs(5, 6, 3, target="values"), dict(activation="leaky_relu", loss="mse", negative_slope=0.2)),
+    OpCase("mlp_loss(mse, tanh, out=softmax)", mlp_loss_by_name, mlp_loss_reference,
+           _mlp_inputs(5, 6, 4, 3, target="values"), dict(activation="tanh", output_activation="softmax", loss="mse")),
     OpCase("mlp_loss(cross_entropy, relu)", mlp_loss_by_name, mlp_loss_reference,
-           _mlp_inputs(5, 6, 4, 3, target="classes"), dict(activation="relu", loss="cross_entropy"), opt_out=MLP_LOSS),
+           _mlp_inputs(5, 6, 4, 3, target="classes"), dict(activation="relu", loss="cross_entropy")),
     OpCase("mlp_loss(cross_entropy, sum, tanh)", mlp_loss_by_name, mlp_loss_reference,
            _mlp_inputs(5, 4, 3, bias=[False, True], target="classes"),
-           dict(activation="tanh", loss="cross_entropy", reduction="sum"), opt_out=MLP_LOSS),
+           dict(activation="tanh", loss="cross_entropy", reduction="sum")),
 ]
 
 # handgrad's own ops: no torch namesake, so no OpInfo or ModuleInfo samples
