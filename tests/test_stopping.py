@@ -2,7 +2,7 @@
 finishes the chunk in progress (or the validation, or the checkpoint being written), saves last.ckpt,
 says where it is and how to resume, and exits with 128 + the signal; the resumed run ends bit for bit
 as the uninterrupted one (conftest.uninterrupted). A second signal acts at once and leaves the last.ckpt
-written before. SLURM's requeue signal still saves Lightning's hpc checkpoint and requeues the job.
+written before, as SIGKILL does. SLURM's requeue signal still saves Lightning's hpc checkpoint and requeues the job.
 Under DDP: test_stopping_ddp.py."""
 
 from __future__ import annotations
@@ -109,6 +109,19 @@ def test_a_second_sigterm_terminates_at_once_and_leaves_the_last_checkpoint_as_i
     assert done.returncode == -signal.SIGTERM, done.stderr[-3000:]  # what a shell shows as 143
     assert last_checkpoint(tmp_path)["global_step"] == STEPS_PER_EPOCH
     assert not list(tmp_path.joinpath(*LAST[:-1]).glob(".*.tmp"))
+
+
+def test_after_a_sigkill_the_run_resumes_from_the_last_epoch_exactly(tmp_path, monkeypatch, uninterrupted):
+    """SIGKILL cannot be handled: last.ckpt is the one of the latest epoch, whole, and the resume is exact."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *RUN, "--trainer.max_epochs", "3",
+                           "--trainer.callbacks+=signals.SendSignal", "--trainer.callbacks.signum", "SIGKILL",
+                           "--trainer.callbacks.when", "mid_chunk"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert last_checkpoint(tmp_path)["global_step"] == STEPS_PER_EPOCH
+    assert fit(tmp_path, monkeypatch, "--trainer.max_epochs", "3", "--ckpt_path", "last") == 0
+    assert_same_state(last_checkpoint(tmp_path), uninterrupted[0])
 
 
 def test_slurm_requeue_saves_an_hpc_checkpoint_requeues_and_the_next_sigterm_stops_gracefully(

@@ -113,12 +113,11 @@ class Trainer(LightningTrainer):
             if self.world_size == 1:
                 raise
             failure = (err.errno, err.line)
+            self.released_children = release_children(self)  # before any rank can exit with status 2
             self.strategy.barrier("Trainer.save_checkpoint")  # the one the failed write skipped
         if self.world_size > 1:
             failure = self.strategy.broadcast(failure)
             if failure is not None:
-                if self.is_global_zero:  # before any rank can exit with status 2 (see release_children)
-                    self.released_children = release_children(self)
                 error = CheckpointWriteError(failure[0], "", os.fspath(filepath), True)
                 error.line = failure[1]
                 raise error

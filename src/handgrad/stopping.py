@@ -64,7 +64,7 @@ class GracefulStop(Callback):
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.signum = 0  # the first stop signal received (0: none)
+        self.signum = 0  # the stop signal received (0: none; a second one replaces it as it acts)
         self.requeue = 0  # SLURM's requeue signal, received and not yet acted on
         self.stage = "start-up"  # start-up, training, the test
         self.deferred = False  # in training (and after the test): record only, stop at the next agreed point
@@ -118,7 +118,9 @@ class GracefulStop(Callback):
         if signum:
             self.signum = signum
             if trainer.is_global_zero:
-                self.children = release_children(trainer)  # before any rank can exit with 143
+                self.children = release_children(trainer)
+            if trainer.world_size > 1:
+                torch.distributed.barrier()  # no rank exits (with 143) before rank 0 has released its children
             raise Stopped(signum, self.stage)
 
     def on_train_start(self, trainer, pl_module) -> None:
