@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny MNIST written in the real IDX format, so torchvision's own reader runs."""
+"""Shared fixtures: a tiny MNIST written in the real IDX format, so torchvision's own reader runs; the reference
+run that stopped and resumed runs are compared with; signal handlers kept as they were."""
 
 from __future__ import annotations
 
+import signal
 import struct
 from pathlib import Path
 
@@ -74,3 +76,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> tuple[dict, dict]:
+    """tests/runs.py's reference run, three epochs without a stop: (last.ckpt, its TensorBoard scalars)."""
+    from runs import fit, last_checkpoint, logged  # a test module's helpers: imported once tests run
+
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            assert fit(workdir, monkeypatch, "--trainer.max_epochs", "3") == 0
+    finally:
+        torch.set_num_threads(threads)
+    return last_checkpoint(workdir), logged(workdir)
+
+
+@pytest.fixture
+def signal_handlers():
+    """Signal handlers as they were: Lightning ignores SIGINT for good after a KeyboardInterrupt, and a SIGTERM
+    that a test sends while no run has its handler would otherwise end pytest (here it raises instead)."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+
+    def stray(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} arrived while no run was there to handle it")
+
+    signal.signal(signal.SIGTERM, stray)
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

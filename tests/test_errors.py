@@ -190,8 +190,8 @@ class LearningRateJump(L.Callback):
 def test_divergence_keeps_the_last_good_checkpoint_to_resume_with_a_smaller_lr(workdir, capsys, monkeypatch):
     build = cli.build
 
-    def build_with_jump(args):
-        run = build(args)
+    def build_with_jump(args, stop=None):
+        run = build(args, stop)
         run.trainer.callbacks.append(LearningRateJump(epoch=1, lr=1e30))
         return run
 

@@ -15,9 +15,12 @@ logs/<config name>/version_N/ (TensorBoard events, the resolved config.yaml, che
 best checkpoint by val/acc, which the test uses, and last.ckpt, see handgrad.checkpointing).
 
 A setting that cannot work stops the run before training with one line, "error: ...", and exit
-status 2; so does a failed download (before Lightning prints anything) and a loss that becomes
-nan or inf. A finished run ends with one line: the test accuracy, the checkpoint tested, the wall
-time, the run's folder and the TensorBoard command (handgrad.terminal).
+status 2 (handgrad.preflight: also a damaged or mismatched checkpoint, a run folder that cannot be
+written); so does a failed download (before Lightning prints anything), a loss that becomes nan or
+inf, and a checkpoint or log that cannot be written. Ctrl-C or SIGTERM ends training after the chunk
+in progress, saves last.ckpt and exits with 130 or 143 (handgrad.stopping). A finished run ends with
+one line: the test accuracy, the checkpoint tested, the wall time, the run's folder and the
+TensorBoard command (handgrad.terminal).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import difflib
 import logging
 import re
+import signal
 import sys
 import time
 import warnings
@@ -40,18 +44,21 @@ import warnings
 import torch
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer as LightningTrainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from handgrad.checkpointing import LatestCheckpoint, StopOnInterrupt, find_last_checkpoint
+from handgrad.checkpoint_io import AtomicCheckpointIO, Trainer
+from handgrad.checkpointing import LatestCheckpoint, find_last_checkpoint
 from handgrad.cli_help import BriefSubclasses, full_help, short_help
-from handgrad.configfiles import last_config, with_config_files
+from handgrad.cli_run import run
+from handgrad.configfiles import check_config_file, config_files, last_config, with_config_files
 from handgrad.data import DataModule
 from handgrad.errors import ConfigError
-from handgrad.hparams import write_hparams
-from handgrad.lit_module import Classifier, DivergenceError
-from handgrad.terminal import EpochLines, ProgressBar, console_above_bar, process_seconds, say, summary
+from handgrad.lit_module import Classifier
+from handgrad.preflight import check_settings
+from handgrad.stopping import GracefulStop, SignalConnector, Stopped
+from handgrad.terminal import EpochLines, ProgressBar, console_above_bar, process_seconds, say
 
 # Our loaders cut batches from in-memory tensors: worker processes would only add cost.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -78,6 +85,9 @@ class TrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help='Resume fit from this checkpoint; "last": the latest run of this config.')
+        parser.add_argument("--restart_epoch", type=bool, default=False,
+                            help="With --ckpt_path: train the checkpoint's epoch afresh from its first chunk (the "
+                                 "steps it took stay in the weights); lets data settings differ from the checkpoint's.")
         parser.add_argument("--threads", type=int | None, default=None,
                             help="CPU threads for torch's ops (torch.set_num_threads); null: one per core.")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -115,8 +125,13 @@ class TrainCLI(LightningCLI):
         elif self.config.ckpt_path is not None and not os.path.isfile(self.config.ckpt_path):
             raise ConfigError(f"--ckpt_path {self.config.ckpt_path}: no such file; pass a .ckpt file, e.g. "
                               "logs/<config>/version_N/checkpoints/last.ckpt, or 'last' for this config's newest run")
+        if self.config.restart_epoch and self.config.ckpt_path is None:
+            raise ConfigError("--restart_epoch true restarts the epoch of the checkpoint a run resumes from; pass "
+                              "--ckpt_path too (e.g. --ckpt_path last), or leave --restart_epoch out")
+        assert PARSER is not None
+        check_settings(self.config, dict(PARSER.get_defaults().items()), [str(f) for f in self.config.config or []])
 
-    def instantiate_trainer(self, **kwargs) -> Trainer:
+    def instantiate_trainer(self, **kwargs) -> LightningTrainer:
         """Download the data before the Trainer exists (and prints its "GPU available" lines), so that a
         failure is the run's first and only output: on one process per machine (LOCAL_RANK 0), as
         Lightning's prepare_data would; the others find the files there or wait in prepare_data.
@@ -166,50 +181,52 @@ def explain(err: ArgumentError) -> str:
     return message
 
 
-def build(args: list[str]) -> TrainCLI:
-    """Parse ``args`` (the default config first if none is given) and build the model, data and trainer."""
+def build(args: list[str], stop: GracefulStop | None = None) -> TrainCLI:
+    """Parse ``args`` (the default config first if none is given) and build the model, data and trainer.
+    ``stop`` (main's) is the run's GracefulStop, whose handlers main installs."""
     args = with_config_files(args)
+    for path in config_files(args):
+        check_config_file(path)
+    stop = GracefulStop() if stop is None else stop
     trainer_defaults = {
         "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                    "init_args": {"save_dir": "logs", "name": config_name(args), "default_hp_metric": False}},
         "log_every_n_steps": 1,  # a Lightning batch is a chunk of many optimiser steps: log each one
         "enable_progress_bar": sys.stdout.isatty(),  # the bar and the epoch lines both write to stdout
         "enable_autolog_hparams": False,  # handgrad.hparams writes the HPARAMS row, with real metrics
-        "callbacks": [LatestCheckpoint(), StopOnInterrupt()],  # and a ProgressBar or EpochLines: instantiate_trainer
+        "callbacks": [LatestCheckpoint(), stop],  # and a ProgressBar or EpochLines: instantiate_trainer
     }
     # exit_on_error=False: a bad value raises (and main reports it in one line) instead of printing the usage.
-    return TrainCLI(Classifier, DataModule, args=args, run=False, trainer_defaults=trainer_defaults,
-                    seed_everything_default=0, auto_configure_optimizers=False,
-                    save_config_kwargs={"overwrite": True},
-                    parser_kwargs={"exit_on_error": False, "formatter_class": BriefSubclasses,
-                                   "description": "Train a handgrad network, then test it (-h: handgrad's options)."})
+    cli = TrainCLI(Classifier, DataModule, args=args, run=False, trainer_class=Trainer,
+                   trainer_defaults=trainer_defaults, seed_everything_default=0, auto_configure_optimizers=False,
+                   save_config_kwargs={"overwrite": True},
+                   parser_kwargs={"exit_on_error": False, "formatter_class": BriefSubclasses,
+                                  "description": "Train a handgrad network, then test it (-h: handgrad's options)."})
+    # Set on the built objects: a plugin instance in trainer_defaults would make jsonargparse warn that it
+    # cannot serialise it, and the signal connector is no Trainer argument at all.
+    cli.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    cli.trainer._signal_connector = SignalConnector(cli.trainer, stop)
+    return cli
 
 
 def main(args: list[str] | None = None) -> int:
-    """Fit, test, and print the summary line; the exit status (2: a setting or the data refused)."""
+    """Fit, test, and print the summary line; the exit status (2: a setting, the data or a file refused;
+    130 / 143: stopped by SIGINT / SIGTERM)."""
     started = time.perf_counter() - (process_seconds() if args is None else 0.0)  # the command's wall time
+    stop = GracefulStop()
+    stop.install()  # first: a signal during start-up stops the run too
     try:
-        cli = build(sys.argv[1:] if args is None else list(args))
-    except (ArgumentError, ValueError, MisconfigurationException) as err:  # parsing, or a constructor refusing
-        return fail(err, hint=isinstance(err, ArgumentError))  # a value (ConfigError, Lightning's Trainer)
-    trainer = cli.trainer
-    if cli.config.ckpt_path is None:  # once per run folder: a resumed run has its HPARAMS row already
-        write_hparams(trainer, cli.config)
-    try:
-        with console_above_bar():
-            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
-    except (ConfigError, DivergenceError) as err:  # found while preparing the data, or the loss became nan
-        return fail(err) if trainer.is_global_zero else 2
-    best = next((c for c in trainer.checkpoint_callbacks  # --checkpoint.*
-                 if isinstance(c, ModelCheckpoint) and not isinstance(c, LatestCheckpoint)), None)
-    tested = best.best_model_path if best is not None else ""  # the best by --checkpoint.monitor, if any
-    with console_above_bar(quiet=TEST_QUIET):
-        results = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested or None, verbose=False)
-    if trainer.is_global_zero:
-        monitor = best.monitor if best is not None and tested else None
-        print(summary(trainer, cli.model, results[0] if results else {}, monitor, time.perf_counter() - started),
-              flush=True)
-    return 0
+        try:
+            cli = build(sys.argv[1:] if args is None else list(args), stop)
+        except (ArgumentError, ValueError, MisconfigurationException) as err:  # parsing, or a constructor refusing
+            return fail(err, hint=isinstance(err, ArgumentError))  # a value (ConfigError, Lightning's Trainer)
+        except (Stopped, KeyboardInterrupt) as stopped:
+            signum = getattr(stopped, "signum", stop.signum) or signal.SIGINT
+            say(f"stopped by {signal.Signals(signum).name} during start-up, before training began; nothing was saved")
+            return 128 + signum
+        return run(cli, stop, started)
+    finally:
+        stop.uninstall()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ HELP_FLAGS = ("-h", "--help", "--help_all")
 RUN_OPTIONS = {  # option -> its help, in the order shown
     "seed_everything": "seeds the initial weights and dropout (true: a random seed)",
     "ckpt_path": 'resume from this checkpoint; "last": the newest run of this config',
+    "restart_epoch": "with --ckpt_path: train its epoch afresh from the first chunk (data settings may differ)",
     "threads": "CPU threads for torch's ops; null: one per core",
 }
 TRAINER_OPTIONS = {  # Lightning's docstrings run to 15 lines; one line each here

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
+
 from handgrad.errors import ConfigError
 
 DEFAULT_CONFIG = "mnist_mlp"
@@ -48,6 +50,36 @@ def with_config_files(args: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             resolved[i], given = "--config=" + resolve_config(arg.split("=", 1)[1]), True
     return resolved if given else ["--config", str(config_dir() / f"{DEFAULT_CONFIG}.yaml"), *resolved]
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The --config files of (resolved) ``args``, in order."""
+    return [args[i + 1] if arg in ("-c", "--config") else arg.split("=", 1)[1]
+            for i, arg in enumerate(args)
+            if (arg in ("-c", "--config") and i + 1 < len(args)) or arg.startswith("--config=")]
+
+
+def check_config_file(path: str) -> None:
+    """Refuse a --config file that is empty, not YAML, or not a mapping of keys, naming it (jsonargparse
+    would say "Unexpected config" without the file)."""
+    example = config_dir() / f"{DEFAULT_CONFIG}.yaml"
+    try:
+        with open(path, encoding="utf-8") as file:
+            content = yaml.safe_load(file)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--config {path} is not valid YAML: {problem}{where}; fix it there (see {example})") \
+            from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {path} cannot be read ({err}); pass a readable YAML file") from None
+    if content is None:
+        raise ConfigError(f"--config {path} is empty (or only comments): a config is a mapping of trainer:, model: "
+                          f"and data: keys; write some there, or leave --config out (see {example})")
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config {path} holds a {type(content).__name__}, not a mapping of trainer:, model: and "
+                          f"data: keys (see {example})")
 
 
 def last_config(args: list[str]) -> str:

@@ -16,8 +16,8 @@ ceil(n_train / batch_size) optimiser steps:
     batch_size="full"  full-batch gradient descent: one step per epoch over the whole split
 
 On several processes (Lightning's DDP) every rank gets every training chunk and trains on its
-slice of each mini-batch (see ChunkSampler), so batch_size stays the global batch. The training
-loader is resumable mid-epoch (ChunkLoader), and the IDX files are checked before torchvision
+slice of each mini-batch (see handgrad.chunks), so batch_size stays the global batch. The training
+loader resumes at any optimiser step of an epoch (ChunkLoader), and the IDX files are checked before torchvision
 reads them (handgrad.datafiles): a damaged file is named with what is wrong and how to fix it.
 
 Reference: Nielsen, "Neural Networks and Deep Learning", ch. 1 (the 50k/10k split of
@@ -28,123 +28,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
+from handgrad.chunks import Chunk, ChunkedTensors, ChunkLoader, ChunkSampler
 from handgrad.datafiles import DATASETS, check_idx_file, download, expected_files, torchvision_class
 from handgrad.errors import ConfigError
 
 __all__ = ["DATASETS", "Chunk", "ChunkLoader", "ChunkSampler", "ChunkedTensors", "ConfigError", "DataModule",
            "expected_files", "spirals"]
-
-class Chunk(NamedTuple):
-    """Consecutive mini-batches of one epoch's order: x (M, *), y (M,), cut every ``batch_size`` rows."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    batch_size: int
-
-    def minibatches(self):
-        """(x, y) views of at most ``batch_size`` rows each; the last may be shorter."""
-        return zip(self.x.split(self.batch_size), self.y.split(self.batch_size), strict=True)
-
-
-class ChunkedTensors(Dataset):
-    """x (N, *) and y (N,) indexed by a whole chunk at once: ``dataset[indices]`` -> Chunk."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
-        self.x, self.y, self.batch_size = x, y, batch_size
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, index: torch.Tensor | slice) -> Chunk:
-        return Chunk(self.x[index], self.y[index], self.batch_size)
-
-
-class ChunkSampler(DistributedSampler):
-    """Yields one index per chunk: a slice of a fresh permutation each epoch, or a plain slice.
-
-    The n examples make ceil(n / batch_size) mini-batches (the last may be short); they are
-    dealt into as few chunks of at most ``chunk_size`` examples as possible, each a whole
-    number of mini-batches and the chunks equal to within one mini-batch (so no chunk's logged
-    loss rests on a handful of examples). ``set_epoch``, which Lightning calls at every epoch
-    start as for DistributedSampler, picks the permutation: a run resumed at epoch k sees the
-    same order as one that never stopped. ``resume_at`` skips the chunks a run trained before
-    it was stopped in the middle of an epoch (ChunkLoader.load_state_dict calls it).
-
-    Several processes (Lightning's DDP: ``num_replicas`` ranks, this one ``rank``):
-    ``shard=False`` (training) gives every rank every whole chunk, and Classifier trains each
-    rank on its own slice of each mini-batch, so a step still averages over ``batch_size``
-    examples in all; ``shard=True`` (evaluation) gives each rank its own slice of each chunk.
-    It is a DistributedSampler only so that Lightning keeps it: "if a distributed sampler was
-    already added, Lightning will not replace the existing one" (Trainer, use_distributed_sampler).
-    """
-
-    def __init__(self, n: int, batch_size: int, chunk_size: int, shuffle: bool, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, shard: bool = False):
-        # only len() of the dataset argument is read: a range stands for the n examples
-        super().__init__(cast(Dataset, range(n)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        steps = math.ceil(n / batch_size)
-        chunks = math.ceil(steps / max(1, chunk_size // batch_size))
-        bounds = [min(n, (i * steps // chunks) * batch_size) for i in range(chunks + 1)] if n else [0]
-        self.slices = list(zip(bounds[:-1], bounds[1:], strict=True))  # [start, end) of each chunk
-        if shard and num_replicas > 1:  # this rank's part of each chunk; ranks differ by at most one row
-            cut = [(start + rank * (end - start) // num_replicas, start + (rank + 1) * (end - start) // num_replicas)
-                   for start, end in self.slices]
-            self.slices = [(start, end) for start, end in cut if end > start]
-        self.n = n
-        self.resume: tuple[int, int] | None = None  # (epoch, chunks of it already trained)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume_at(self, epoch: int, chunks_done: int) -> None:
-        """Start epoch ``epoch`` at its chunk ``chunks_done`` (the same permutation, the chunks before it skipped)."""
-        self.resume = (epoch, chunks_done)
-
-    def permutation(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=generator)
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def __iter__(self):
-        skip = 0
-        if self.resume is not None and self.resume[0] == self.epoch:
-            skip, self.resume = self.resume[1], None
-        if not self.shuffle:
-            yield from (slice(start, end) for start, end in self.slices[skip:])
-            return
-        order = self.permutation()
-        for start, end in self.slices[skip:]:
-            yield order[start:end]
-
-
-class ChunkLoader(DataLoader):
-    """The training DataLoader of chunks, resumable in the middle of an epoch.
-
-    Lightning saves a training loader's ``state_dict()`` in every checkpoint and, when a fit
-    resumes from one taken mid-epoch, hands it back to ``load_state_dict`` (its stateful-loader
-    interface). The state is the epoch and how many of its chunks were trained
-    (``chunks_done()``, read from the trainer's progress: the loader itself runs one chunk
-    ahead, as Lightning prefetches one).
-    """
-
-    def __init__(self, dataset: ChunkedTensors, sampler: ChunkSampler, chunks_done: Callable[[], int]):
-        super().__init__(dataset, sampler=sampler, batch_size=None, generator=torch.Generator())  # see _loader
-        self.chunk_sampler, self.chunks_done = sampler, chunks_done
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.chunk_sampler.epoch, "chunks_done": self.chunks_done()}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.chunk_sampler.resume_at(state["epoch"], state["chunks_done"])
 
 
 def spirals(n_per_class: int, classes: int = 3, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,6 +192,13 @@ class DataModule(L.LightningDataModule):
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.n_train / self.batch_size)
+
+    def train_layout(self, batch_size: int | str | None = None, chunk_size: int | None = None) -> ChunkSampler:
+        """Where each training chunk of an epoch starts and ends, in steps (handgrad.resume reads it): with
+        this module's batch and chunk sizes, or with those given (a checkpoint's)."""
+        batch = self.batch_size if batch_size is None else parse_batch_size(batch_size)
+        batch = self.n_train if isinstance(batch, str) else min(batch, self.n_train)
+        return ChunkSampler(self.n_train, batch, self.chunk_size if chunk_size is None else chunk_size, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         shuffle = self.batch_size < self.n_train  # full-batch steps see every example either way

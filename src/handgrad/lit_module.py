@@ -27,6 +27,7 @@ several processes; ``steps.bare_epoch`` is the same loop without Lightning.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Literal, cast
 
@@ -42,6 +43,7 @@ from handgrad.callbacks import HISTOGRAM_BINS
 from handgrad.data import Chunk
 from handgrad.errors import ConfigError
 from handgrad.optim import SGD
+from handgrad.resume import ResumableModule
 from handgrad.steps import (
     autograd_steps,
     fused_step_blocker,
@@ -66,7 +68,7 @@ class DivergenceError(RuntimeError):
     """The loss or the weights became inf or nan; the message names the step and suggests a smaller lr."""
 
 
-class Classifier(L.LightningModule):
+class Classifier(ResumableModule):
     """Trains ``net`` on class labels with handgrad.optim.SGD.
 
     Args:
@@ -98,6 +100,10 @@ class Classifier(L.LightningModule):
         super().__init__()
         if loss not in LOSSES:
             raise ConfigError(f"model.loss={loss!r} is unknown; choose one of {', '.join(map(repr, LOSSES))}")
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if not math.isfinite(value):  # YAML's .inf and .nan reach here; the command line refuses them itself
+                raise ConfigError(f"model.{name}={value} is not a finite number; use e.g. --model.{name} "
+                                  f"{dict(lr=0.1, momentum=0.9, weight_decay=5e-4)[name]}")
         if not lr > 0:
             raise ConfigError(f"model.lr={lr} must be > 0; use e.g. --model.lr 0.1")
         if not 0 <= momentum < 1:
@@ -292,26 +298,16 @@ class Classifier(L.LightningModule):
         # an attribute of DDP's wrapper, which a Module's type does not declare
         setattr(strategy.model, "require_backward_grad_sync", False)  # noqa: B010
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep torch's random state (dropout's masks) in the checkpoint: Lightning does not save it,
-        and a resumed fit must draw what the uninterrupted one would have."""
-        checkpoint["torch_rng_state"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            checkpoint["cuda_rng_states"] = torch.cuda.get_rng_state_all()
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the random state; and let this run's lr, momentum and weight decay win over those
-        saved with the optimiser's state, so that a run resumed with e.g. a smaller --model.lr
-        (after a divergence) takes it."""
+        """Restore the place in the epoch and the random state (handgrad.resume.ResumableModule); and let
+        this run's lr, momentum and weight decay win over those saved with the optimiser's state, so that
+        a run resumed with e.g. a smaller --model.lr (after a divergence) takes it."""
+        super().on_load_checkpoint(checkpoint)
         for state in checkpoint.get("optimizer_states", []):
             for group in state["param_groups"]:
                 group.update(lr=self.hparams["lr"], momentum=self.hparams["momentum"],
                              weight_decay=self.hparams["weight_decay"])
         self.loaded_step, self.loaded_epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
-        if "torch_rng_state" in checkpoint:
-            torch.set_rng_state(checkpoint["torch_rng_state"])
-        if "cuda_rng_states" in checkpoint and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["cuda_rng_states"])
 
     @property
     def tested_step(self) -> int:

@@ -6,7 +6,7 @@ or one line per epoch when stdout is not a terminal, and one summary line at the
     test accuracy 97.10% (best val/acc checkpoint: epoch 2 of 3, step 1,564), test loss 0.0950; 12.3 s; ...
 
 The bar and the epoch lines go to stdout (so ``| tee run.log`` keeps the epoch lines and the
-summary); Lightning's information lines, warnings, "interrupted ..." and "error: ..." go to
+summary); Lightning's information lines, warnings, "stopped by ..." and "error: ..." go to
 stderr, printed above the bar (``console_above_bar``, ``say``) rather than into its line.
 """
 
@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, _update_n
@@ -70,7 +71,7 @@ class ProgressBar(TQDMProgressBar):
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        """Close the bars, so that what follows ("interrupted ...", "error: ...") starts on a line of its own."""
+        """Close the bars, so that what follows ("stopped by ...", "error: ...") starts on a line of its own."""
         for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar):
             if bar is not None:
                 bar.close()
@@ -80,6 +81,10 @@ class ProgressBar(TQDMProgressBar):
         return trainer.datamodule.steps_per_epoch  # optimiser steps; a Lightning batch is a chunk of them
 
     def _steps_into_epoch(self, trainer) -> int:
+        module: Any = getattr(trainer, "lightning_module", None)
+        if hasattr(module, "fit_position"):  # handgrad.resume: also after a resume with another batch size
+            epoch, steps = module.fit_position()
+            return steps if epoch == trainer.current_epoch else module.epoch_steps()  # an epoch's end: all of it
         return trainer.global_step - trainer.current_epoch * self._steps_per_epoch(trainer)
 
 
@@ -101,7 +106,10 @@ class EpochLines(Callback):
         keys = ("train/loss", "train/acc") + (("val/loss", "val/acc") if self.validated else ())
         metrics = trainer.callback_metrics
         shown = "  ".join(f"{k} {metrics[k].item():.4f}" for k in keys if k in metrics)
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  step {trainer.global_step}  {shown}  "
+        epoch, steps = pl_module.fit_position() if hasattr(pl_module, "fit_position") else (trainer.current_epoch, 0)
+        step = (f"stopped at step {trainer.global_step}, {steps} of {pl_module.epoch_steps()} steps into epoch "
+                f"{epoch + 1}" if steps else f"step {trainer.global_step}")  # max_steps or max_time cut it short
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  {step}  {shown}  "
               f"({time.perf_counter() - self.start:.1f} s)", flush=True)
 
 
