@@ -1,0 +1,92 @@
+"""The edge-of-stability figure of a training run, drawn from its TensorBoard events.
+
+    python scripts/plot_edge_of_stability.py logs/edge_of_stability/version_0          # -> that folder
+    python scripts/plot_edge_of_stability.py RUN --out docs/edge_of_stability.png     # the docs' figure
+
+Top: the training loss against optimiser steps (``train/loss``). Bottom: the sharpness
+(``second_order/sharpness``, handgrad.second_order.SecondOrder) with the threshold the optimiser
+becomes unstable at (``second_order/stability_threshold``: 2 / lr for plain gradient descent) as a
+dashed line. Cohen et al. (2021), figure 1, draw the same two panels.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+LOSS, SHARPNESS, THRESHOLD = "train/loss", "second_order/sharpness", "second_order/stability_threshold"
+DEFAULT_LOGS = Path("logs") / "edge_of_stability"
+
+
+def read_scalars(run: str | Path, tags: tuple[str, ...] = (LOSS, SHARPNESS, THRESHOLD)) -> dict[str, tuple[list, list]]:
+    """{tag: (steps, values)} for each of ``tags`` in the run folder's event files, sorted by step
+    (a resumed run writes a second file). A ValueError names a missing folder or tag."""
+    if not Path(run).is_dir():
+        raise ValueError(f"{run}: no such run folder; pass a folder holding events.out.tfevents.* files, "
+                         f"e.g. {DEFAULT_LOGS / 'version_0'}")
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
+    found = events.Tags()["scalars"]
+    missing = [tag for tag in tags if tag not in found]
+    if missing:
+        raise ValueError(f"{run} has no {', '.join(missing)} scalars; train with the SecondOrder callback on, e.g. "
+                         "--config edge_of_stability")
+    series = {}
+    for tag in tags:
+        points = sorted({e.step: e.value for e in events.Scalars(tag)}.items())
+        series[tag] = ([step for step, _ in points], [value for _, value in points])
+    return series
+
+
+def edge_of_stability_figure(series: dict[str, tuple[list, list]], title: str = "") -> Figure:
+    """Two panels sharing the step axis: the training loss, and the sharpness with the threshold."""
+    figure = Figure(figsize=(7, 6), dpi=110, layout="constrained")
+    loss_ax, sharp_ax = figure.subplots(2, 1, sharex=True)
+    loss_ax.plot(*series[LOSS], color="tab:blue", linewidth=1)
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_yscale("log")
+    loss_ax.grid(alpha=0.3)
+    steps, threshold = series[THRESHOLD]
+    sharp_ax.plot(*series[SHARPNESS], color="tab:red", linewidth=1.2, marker=".", markersize=3,
+                  label="sharpness: largest Hessian eigenvalue")
+    sharp_ax.plot(steps, threshold, color="black", linestyle="--", linewidth=1,
+                  label=f"stability threshold 2/lr = {threshold[-1]:g}" if len(set(threshold)) == 1
+                  else "stability threshold 2(1+momentum)/lr")
+    sharp_ax.set_ylim(0, 1.25 * max(max(series[SHARPNESS][1]), max(threshold)))
+    sharp_ax.set_xlabel("optimiser step")
+    sharp_ax.set_ylabel("sharpness")
+    sharp_ax.legend(loc="lower right")
+    sharp_ax.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def latest_run(logs: Path = DEFAULT_LOGS) -> Path:
+    """The newest version_* folder under ``logs`` (a ValueError if there is none)."""
+    runs = sorted(logs.glob("version_*"), key=lambda path: path.stat().st_mtime)
+    if not runs:
+        raise ValueError(f"{logs} holds no version_* run; train first: python scripts/train.py --config "
+                         "edge_of_stability, or pass the run folder")
+    return runs[-1]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Draw the figure of a run (the newest under logs/edge_of_stability by default); returns the PNG's path."""
+    parser = argparse.ArgumentParser(description="Sharpness against 2/lr, and the loss, of a run with SecondOrder on.")
+    parser.add_argument("run", nargs="?", help=f"the run folder (default: the newest under {DEFAULT_LOGS})")
+    parser.add_argument("--out", help="the PNG to write (default: RUN/edge_of_stability.png)")
+    parser.add_argument("--title", default="", help="a title above the panels")
+    args = parser.parse_args(argv)
+    try:
+        run = Path(args.run) if args.run else latest_run()
+        series = read_scalars(run)
+    except ValueError as err:
+        parser.error(str(err))  # one line, exit status 2
+    out = Path(args.out) if args.out else run / "edge_of_stability.png"
+    figure = edge_of_stability_figure(series, args.title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    return out
