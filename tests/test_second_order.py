@@ -231,3 +231,10 @@ def test_data_without_a_training_split_is_refused(one_thread):
                                           r"training split; trainer\.datamodule is NoneType: train with one$"):
         trainer.fit(Classifier(MLP([784, 16, 10])), loader)
 
+
+
+def test_a_hessian_with_zero_blocks_gives_zeros_there():
+    """A loss linear in b (d loss/db constant) and independent of c: H = [[2, 0, 0], [0, 0, 0], [0, 0, 0]]."""
+    a, b, c = (torch.tensor([1.0], requires_grad=True) for _ in range(3))
+    hvp = hessian_vector_product((a**2).sum() + 3 * b.sum() + 0 * c.detach().sum(), [a, b, c])
+    assert [float(h) for h in hvp([torch.ones(1)] * 3)] == [2.0, 0.0, 0.0]

@@ -55,10 +55,13 @@ def hessian_vector_product(loss: torch.Tensor, params: Vectors) -> Callable[[Vec
     The gradient g is computed once, with its graph (create_graph=True); each call then differentiates
     it once more: grad_w (g . v) = H v, one backward through the backward (v is constant).
     """
-    grads = torch.autograd.grad(loss, params, create_graph=True)
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True, materialize_grads=True)
+    linked = [i for i, g in enumerate(grads) if g.requires_grad]  # a gradient constant in w adds nothing to H v
 
     def hvp(v: Vectors) -> list[torch.Tensor]:
-        return list(torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True))
+        # allow_unused / materialize_grads: a block of H that is zero (w_j absent from every gradient) is zeros
+        return list(torch.autograd.grad([grads[i] for i in linked], params, grad_outputs=[v[i] for i in linked],
+                                        retain_graph=True, allow_unused=True, materialize_grads=True))
     return hvp
 
 

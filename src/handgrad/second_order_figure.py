@@ -7,11 +7,17 @@ Top: the training loss against optimiser steps (``train/loss``). Bottom: the sha
 (``second_order/sharpness``, handgrad.second_order.SecondOrder) with the threshold the optimiser
 becomes unstable at (``second_order/stability_threshold``: 2 / lr for plain gradient descent) as a
 dashed line. Cohen et al. (2021), figure 1, draw the same two panels.
+
+It also prints what the callback cost in that run (``cost_summary``): the median wall time of a sharpness
+estimate for each number of Hessian-vector products it took, of the per-sample gradient norms, and of
+a training step (the gap between consecutive ``train/loss`` events at steps the callback skipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+from itertools import pairwise
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -38,6 +44,29 @@ def read_scalars(run: str | Path, tags: tuple[str, ...] = (LOSS, SHARPNESS, THRE
         points = sorted({e.step: e.value for e in events.Scalars(tag)}.items())
         series[tag] = ([step for step, _ in points], [value for _, value in points])
     return series
+
+
+def cost_summary(run: str | Path) -> dict[str, float]:
+    """Milliseconds, medians over the run: ``step`` (a training step, from the wall times of consecutive
+    train/loss events one step apart, the callback's steps left out), ``sharpness k=<k>`` (an estimate
+    that took k Hessian-vector products), ``per_sample`` (the per-sample gradient norms, if logged)."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
+    found = set(events.Tags()["scalars"])
+    checked = {e.step for e in events.Scalars(SHARPNESS)}
+    loss = sorted((e.step, e.wall_time) for e in events.Scalars(LOSS))
+    gaps = [t1 - t0 for (s0, t0), (s1, t1) in pairwise(loss) if s1 == s0 + 1 and s1 not in checked]
+    costs = {"step": 1000 * statistics.median(gaps)} if gaps else {}
+    by_products: dict[int, list[float]] = {}
+    if {"second_order/hessian_vector_products", "second_order/sharpness_seconds"} <= found:
+        for products, seconds in zip(events.Scalars("second_order/hessian_vector_products"),
+                                     events.Scalars("second_order/sharpness_seconds"), strict=True):
+            by_products.setdefault(int(products.value), []).append(seconds.value)
+    for k, seconds in sorted(by_products.items()):
+        costs[f"sharpness k={k}"] = 1000 * statistics.median(seconds)
+    if "second_order/per_sample_seconds" in found:
+        per_sample = [e.value for e in events.Scalars("second_order/per_sample_seconds")]
+        costs["per_sample"] = 1000 * statistics.median(per_sample)
+    return costs
 
 
 def edge_of_stability_figure(series: dict[str, tuple[list, list]], title: str = "") -> Figure:
@@ -89,4 +118,9 @@ def main(argv: list[str] | None = None) -> Path:
     figure = edge_of_stability_figure(series, args.title)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
+    costs = cost_summary(run)
+    step = costs.get("step")
+    print("median wall time a call, in this run:")
+    for name, ms in costs.items():
+        print(f"{name:>16}  {ms:9.1f} ms" + (f"  {ms / step:6.1f} training steps" if step else ""))
     return out
