@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from handgrad.second_order_figure import LOSS, SHARPNESS, THRESHOLD, cost_summary, main, read_scalars
+from handgrad.second_order_figure import LOSS, SHARPNESS, THRESHOLD, cost_summary, cost_table, main, read_scalars
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -78,13 +78,15 @@ def test_cost_summary_takes_medians_and_leaves_the_callbacks_steps_out_of_the_st
         clock += 0.1 + (2.0 if checked else 0.0)  # a step takes 100 ms; the callback 2 s more
         writer.add_scalar(LOSS, 1.0, step, walltime=clock)
         if checked:
-            products = 2 if step < 20 else 3
+            products = 2 if step < 30 else 3
             for tag, value in ((SHARPNESS, 1.0), ("second_order/hessian_vector_products", products),
-                               ("second_order/sharpness_seconds", 0.5 * products + step / 1000),
+                               ("second_order/sharpness_seconds", 0.1 + 0.5 * products),
                                ("second_order/per_sample_seconds", 0.25)):
                 writer.add_scalar(tag, value, step, walltime=clock)
     writer.close()
     costs = cost_summary(tmp_path / "run")
-    assert list(costs) == ["step", "sharpness k=2", "sharpness k=3", "per_sample"]
     assert costs["step"] == pytest.approx(100) and costs["per_sample"] == pytest.approx(250)
-    assert costs["sharpness k=2"] == pytest.approx(1005.5) and costs["sharpness k=3"] == pytest.approx(1525)
+    assert costs["products"] == 2 and costs["sharpness"] == pytest.approx(1100)  # calls at steps 1, 10, 20 | 30
+    assert costs["graph"] == pytest.approx(100) and costs["hvp"] == pytest.approx(500)
+    table = cost_table(costs)
+    assert "a sharpness estimate (2 products, median)" in table and "1100.0 ms =  11.0 steps" in table

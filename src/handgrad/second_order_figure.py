@@ -47,24 +47,36 @@ def read_scalars(run: str | Path, tags: tuple[str, ...] = (LOSS, SHARPNESS, THRE
 
 
 def cost_summary(run: str | Path) -> dict[str, float]:
-    """Milliseconds, medians over the run: ``step`` (a training step, from the wall times of consecutive
-    train/loss events one step apart, the callback's steps left out), ``sharpness k=<k>`` (an estimate
-    that took k Hessian-vector products), ``per_sample`` (the per-sample gradient norms, if logged)."""
+    """What the callback cost in a run, from its events. Milliseconds unless said otherwise:
+
+        step         a training step: the median gap between consecutive train/loss events one step
+                     apart, the steps the callback acted on left out
+        sharpness    a sharpness estimate, median over the calls; ``products``: their median length
+        graph, hvp   the least-squares line through (products, ms) of every call: building the
+                     gradient with its graph (forward and first backward), and each product after it
+        per_sample   the per-sample gradient norms, median over the calls
+    """
     events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
     found = set(events.Tags()["scalars"])
-    checked = {e.step for e in events.Scalars(SHARPNESS)}
-    loss = sorted((e.step, e.wall_time) for e in events.Scalars(LOSS))
+
+    def values(tag: str) -> list[float]:
+        return [e.value for e in events.Scalars(tag)] if tag in found else []
+
+    checked = {e.step for e in events.Scalars(SHARPNESS)} if SHARPNESS in found else set()
+    loss = sorted((e.step, e.wall_time) for e in events.Scalars(LOSS)) if LOSS in found else []
     gaps = [t1 - t0 for (s0, t0), (s1, t1) in pairwise(loss) if s1 == s0 + 1 and s1 not in checked]
-    costs = {"step": 1000 * statistics.median(gaps)} if gaps else {}
-    by_products: dict[int, list[float]] = {}
-    if {"second_order/hessian_vector_products", "second_order/sharpness_seconds"} <= found:
-        for products, seconds in zip(events.Scalars("second_order/hessian_vector_products"),
-                                     events.Scalars("second_order/sharpness_seconds"), strict=True):
-            by_products.setdefault(int(products.value), []).append(seconds.value)
-    for k, seconds in sorted(by_products.items()):
-        costs[f"sharpness k={k}"] = 1000 * statistics.median(seconds)
-    if "second_order/per_sample_seconds" in found:
-        per_sample = [e.value for e in events.Scalars("second_order/per_sample_seconds")]
+    products, seconds = values("second_order/hessian_vector_products"), values("second_order/sharpness_seconds")
+    per_sample = values("second_order/per_sample_seconds")
+    costs = {}
+    if gaps:
+        costs["step"] = 1000 * statistics.median(gaps)
+    if seconds:
+        costs["sharpness"] = 1000 * statistics.median(seconds)
+        costs["products"] = statistics.median(products)
+    if len(set(products)) > 1:
+        slope, intercept = statistics.linear_regression(products, seconds)
+        costs["graph"], costs["hvp"] = 1000 * intercept, 1000 * slope
+    if per_sample:
         costs["per_sample"] = 1000 * statistics.median(per_sample)
     return costs
 
@@ -118,9 +130,15 @@ def main(argv: list[str] | None = None) -> Path:
     figure = edge_of_stability_figure(series, args.title)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
-    costs = cost_summary(run)
-    step = costs.get("step")
-    print("median wall time a call, in this run:")
-    for name, ms in costs.items():
-        print(f"{name:>16}  {ms:9.1f} ms" + (f"  {ms / step:6.1f} training steps" if step else ""))
+    print(cost_table(cost_summary(run)))
     return out
+
+
+def cost_table(costs: dict[str, float]) -> str:
+    """``cost_summary`` as lines of text, each cost also in training steps."""
+    labels = {"step": "a training step", "sharpness": f"a sharpness estimate ({costs.get('products', 0):g} products, "
+              "median)", "graph": "  of which the gradient with its graph", "hvp": "  and each Hessian-vector product",
+              "per_sample": "the per-sample gradient norms"}
+    step = costs.get("step")
+    return "\n".join(f"{label:<46} {costs[key]:8.1f} ms" + (f" = {costs[key] / step:5.1f} steps" if step else "")
+                     for key, label in labels.items() if key in costs)
