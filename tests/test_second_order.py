@@ -4,6 +4,7 @@ quadratic, the callback inside real training runs (its TensorBoard tags, trainin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -169,6 +170,9 @@ def test_the_config_runs_the_callback_and_writes_its_tensorboard_tags(mnist_root
     assert all(e.value > 0 for e in log.Scalars("second_order/sharpness"))
     histogram = log.Histograms("second_order/per_sample_grad_norm")[0].histogram_value
     assert histogram.num == 20 and histogram.min > 0
+    documented = set(re.findall(r"^\| `([^`]+)` \|", (REPO / "docs" / "tensorboard.md").read_text(), re.MULTILINE))
+    written = {tag for tag in log.Tags()["scalars"] + log.Tags()["histograms"] if tag.startswith("second_order/")}
+    assert written <= documented, written - documented
 
 
 def fit(net: torch.nn.Module, root: str, callbacks: list, steps: int = 6) -> list[torch.Tensor]:
