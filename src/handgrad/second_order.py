@@ -129,9 +129,9 @@ class SecondOrder(EveryNSteps):
     The examples are drawn once, at the fit's start, from the training split in an order fixed by
     ``seed``: the first ``examples`` of it (all of them if None or if it has fewer) for the Hessian,
     whose loss is the Classifier's cost averaged over them (the loss a full-batch step on them
-    descends), and the first ``per_sample_examples`` for the gradient norms. The network is evaluated in eval mode (dropout
-    off, batch norm with its running statistics: per-sample gradients need that); training's
-    parameters, gradients and random stream are untouched. The threshold is read from the optimiser's
+    descends), and the first ``per_sample_examples`` for the gradient norms. The network is
+    evaluated in eval mode (dropout off, batch norm with its running statistics: per-sample
+    gradients need that); training's parameters, gradients and random stream are untouched. The threshold is read from the optimiser's
     first param group at each call, so it follows an lr schedule.
 
     The Hessian is that of handgrad's hand-written backward, so the network must be built from
