@@ -131,8 +131,8 @@ class SecondOrder(EveryNSteps):
     whose loss is the Classifier's cost averaged over them (the loss a full-batch step on them
     descends), and the first ``per_sample_examples`` for the gradient norms. The network is
     evaluated in eval mode (dropout off, batch norm with its running statistics: per-sample
-    gradients need that); training's parameters, gradients and random stream are untouched. The threshold is read from the optimiser's
-    first param group at each call, so it follows an lr schedule.
+    gradients need that); training's parameters, gradients and random stream are untouched. The
+    threshold is read from the optimiser's first param group at each call: it follows an lr schedule.
 
     The Hessian is that of handgrad's hand-written backward, so the network must be built from
     handgrad's ops (``backend: hand``); a torch.nn twin is refused. Whichever path the training steps
