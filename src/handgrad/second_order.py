@@ -142,8 +142,9 @@ class SecondOrder(EveryNSteps):
     Args:
         every_n_steps: when the optimiser step count crosses a multiple of this (and on the first chunk).
         examples: training examples the Hessian's loss averages over; None: the whole training split.
-        iterations: at most this many Hessian-vector products per call; each costs about two
-            backward passes over ``examples`` (the gradient's graph is built once per call).
+        iterations: at most this many Hessian-vector products per call; each costs about what a
+            training step on ``examples`` costs, after the gradient's graph, built once per call
+            for about two and a half (docs/second_order.md).
         tolerance: stop the power iteration when the eigenvalue moves by at most this, relatively.
         per_sample_examples: examples whose gradient norms are histogrammed; 0 turns that off.
         per_sample_chunk: examples per vmap call (memory: one gradient per example in a chunk).
