@@ -326,7 +326,7 @@ def test_a_report_without_arithmetic_nodes_has_no_share():
 
 def test_the_doc_page_shows_what_its_examples_print():
     examples = re.findall(r"```python\n(.*?)```\n\nprints:\n\n```text\n(.*?)```", DOC.read_text(), re.S)
-    assert len(examples) == 2
+    assert len(examples) == 3
     for code, shown in examples:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

@@ -2,7 +2,7 @@
 torch.nn, torch.nn.functional and torch.optim, so that a PyTorch script runs with only its imports swapped:
 
     import handgrad.nn as nn                  # was: import torch.nn as nn
-    import handgrad.nn.functional as F        # was: import torch.nn.functional as F
+    import handgrad.functional as F           # was: import torch.nn.functional as F
     import handgrad.optim as optim            # was: import torch.optim as optim
 
 A name the module defines (listed in its ``HAND_WRITTEN``) is handgrad's: nn.Linear, F.nll_loss, optim.Adadelta.
@@ -21,8 +21,8 @@ Each of the three modules ends with the same few lines:
     else:                               # for type checkers: torch's names, below the module's own
         from torch.nn import *
 
-so ``from handgrad.nn import *`` gives what ``from torch.nn import *`` gives, with handgrad's classes.
-A type checker thus sees handgrad's classes and functions where there are some, torch's types for the
+so ``from handgrad.nn import *`` gives what ``from torch.nn import *`` gives, with handgrad's classes,
+and a type checker sees handgrad's classes and functions where there are some, torch's types for the
 rest, and flags an unknown name as it does on torch.nn.
 
 ``import handgrad.nn.functional as F`` and ``from handgrad.optim.lr_scheduler import StepLR`` also work:
@@ -31,6 +31,8 @@ submodules (torch.nn.init, torch.nn.parameter, torch.optim.lr_scheduler, torch.o
 ``sys.modules`` under handgrad's names. torch's sub-packages (torch.nn.utils, ...) are reached as attributes
 (``nn.utils.clip_grad_norm_``) or imported from torch (``from torch.nn.utils.rnn import pack_sequence``): an
 alias of a package would load its not yet imported submodules a second time, as new module objects.
+Type checkers read files, not sys.modules: for them, ``import handgrad.functional as F`` and
+``from handgrad.optim import lr_scheduler``.
 """
 
 from __future__ import annotations
