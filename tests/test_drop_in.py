@@ -4,6 +4,7 @@ other name is torch's very object, and a name neither has is an AttributeError n
 
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 from types import ModuleType
@@ -145,5 +146,5 @@ def test_a_script_can_start_with_the_swapped_imports():
               "assert nn.Module is torch.nn.Module and optim.Adadelta.__module__ == 'handgrad.optim.adadelta'\n"
               "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": ":".join(sys.path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-2000:]
