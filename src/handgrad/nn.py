@@ -5,15 +5,21 @@ arguments, parameters (names, shapes, default initialisation), buffers, ``state_
 keys and ``repr``. Only ``forward`` differs: it calls the hand-written function from
 ``handgrad.functional``. A ``state_dict`` therefore moves between a handgrad network
 and its torch.nn twin unchanged.
+
+Every other public name of torch.nn is torch's own object (``handgrad.nn.Module is torch.nn.Module``, ``init``,
+``utils``, ``Parameter``, ``Sequential``), and ``handgrad.nn.functional`` is ``handgrad.functional``, so that
+``import handgrad.nn as nn`` can replace ``import torch.nn as nn`` (handgrad.drop_in). ``HAND_WRITTEN``
+lists the names defined here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import handgrad.functional as F
+from handgrad import drop_in
 from handgrad.functional.padding import pad2d
 
 __all__ = [
@@ -372,3 +378,18 @@ class GRUCell(torch.nn.GRUCell):
     def forward(self, input, hx=None):
         (hx,) = _cell_arguments(self, input, hx, states=1)
         return F.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+# --------------------------------------------------------------------------- every other name of torch.nn
+
+functional = F  # torch.nn.functional's place: handgrad.nn.functional is handgrad.functional
+__all__ += ["functional"]
+
+HAND_WRITTEN = frozenset(__all__)  # the names defined here; every other public name of torch.nn is torch's
+__all__ += drop_in.from_torch(torch.nn, HAND_WRITTEN)
+drop_in.register_submodules(__name__, torch.nn, {"functional": F})
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = drop_in.namespace(__name__, torch.nn, HAND_WRITTEN)
+else:  # type checkers read torch.nn's other names here; the classes above stay handgrad's
+    from torch.nn import *  # type: ignore[assignment, no-redef]  # noqa: E402, F403
