@@ -49,6 +49,7 @@ __all__ = [
     "Sigmoid",
     "SmoothL1Loss",
     "Softmax",
+    "Softplus",
     "Tanh",
 ]
 
@@ -73,6 +74,11 @@ class Sigmoid(torch.nn.Sigmoid):
 class Tanh(torch.nn.Tanh):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.tanh(input)
+
+
+class Softplus(torch.nn.Softplus):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.softplus(input, self.beta, self.threshold)
 
 
 class ReLU(torch.nn.ReLU):

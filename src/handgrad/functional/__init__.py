@@ -4,7 +4,7 @@ Every wrapper has the name, signature and semantics of its torch.nn.functional n
 and every backward is derived by hand in the Function's docstring.
 """
 
-from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
+from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
 from handgrad.functional.attention import scaled_dot_product_attention
 from handgrad.functional.avg_pool import avg_pool2d
 from handgrad.functional.batch_norm import batch_norm
@@ -62,6 +62,7 @@ __all__ = [
     "sigmoid",
     "smooth_l1_loss",
     "softmax",
+    "softplus",
     "tanh",
     # recurrent layers (rnn.py, lstm.py, gru.py over recurrent.py and recurrent_stack.py)
     "gru",
