@@ -314,6 +314,8 @@ class Softplus(TwinnedFunction):
         log(1 + e^z) = max(z, 0) + log1p(e^-|z|)
         y = x                                       where z > threshold (torch's switch to the identity)
           = (max(z, 0) + log1p(e^-|z|)) / beta      elsewhere
+    (torch's kernel computes log1p(e^z): inf, with a nan gradient, where 88 < z <= threshold in float32 when
+    threshold is set above 88; here y and dy/dx are x and 1 there, their limits.)
     dy/dx = e^z / (1 + e^z) = sigma(z)             (the 1 / beta and dz/dx = beta cancel); 1 past the threshold
     grad_x = grad_y * sigma(beta x), grad_y past the threshold        (saves the input x, as torch does)
     t_y    = t_x * sigma(beta x), t_x past the threshold              (jvp: the same diagonal Jacobian)
