@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch.nn.functional
 
 from handgrad import drop_in
-from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
+from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
 from handgrad.functional.attention import scaled_dot_product_attention
 from handgrad.functional.avg_pool import avg_pool2d
 from handgrad.functional.batch_norm import batch_norm
@@ -71,6 +71,7 @@ __all__ = [
     "sigmoid",
     "smooth_l1_loss",
     "softmax",
+    "softplus",
     "tanh",
     # recurrent layers (rnn.py, lstm.py, gru.py over recurrent.py and recurrent_stack.py)
     "gru",
