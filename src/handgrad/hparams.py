@@ -32,7 +32,7 @@ def run_hparams(config, trainer) -> dict[str, Any]:
     """The hyperparameters of the run that ``config`` (LightningCLI's parsed config) describes."""
     return {
         "net": describe_net(config.model.net),
-        **{key: config.model[key] for key in ("loss", "lr", "momentum", "weight_decay")},
+        **{key: config.model[key] for key in ("loss", "optimizer", "lr", "momentum", "weight_decay")},
         **{key: config.data[key] for key in ("dataset", "batch_size", "val_size", "chunk_size")},
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
