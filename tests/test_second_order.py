@@ -201,6 +201,19 @@ def test_training_is_untouched_by_the_callback(dropout, mnist_root, one_thread):
         assert torch.equal(a, b)
 
 
+def test_an_adaptive_optimiser_gets_the_sharpness_without_a_threshold(mnist_root, one_thread):
+    torch.manual_seed(0)
+    callback = SecondOrder(every_n_steps=2, examples=40, per_sample_examples=0)
+    data = DataModule("mnist", root=mnist_root, download=False, batch_size=30, val_size=50, train_size=120)
+    trainer = L.Trainer(max_steps=4, callbacks=[callback], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.warns(UserWarning, match=r"^SecondOrder: no stability_threshold for Adam: 2 \(1 \+ momentum\) / lr "
+                                         r"is SGD's; an adaptive optimiser's step is preconditioned"):
+        trainer.fit(Classifier(MLP([784, 16, 10]), optimizer="adam", lr=1e-3), data)
+    assert set(callback.last) == {"second_order/sharpness", "second_order/hessian_vector_products",
+                                  "second_order/sharpness_seconds"}
+
+
 # --------------------------------------------------------------------------- refusals
 
 

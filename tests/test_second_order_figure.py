@@ -3,6 +3,7 @@ the PNG it writes where it is told, and one-line refusals of a folder without th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def test_the_figure_goes_into_the_run_folder_or_where_out_says(tmp_path):
     assert main([str(run), "--out", str(out), "--title", "t"]) == out and out.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_a_run_without_a_threshold_is_drawn_without_its_line(tmp_path):
+    write_run(tmp_path / "run", (LOSS, SHARPNESS))  # e.g. trained with Adam
+    assert THRESHOLD not in read_scalars(tmp_path / "run")
+    assert main([str(tmp_path / "run")]).read_bytes()[:8] == PNG_MAGIC
+
+
 def test_the_newest_run_is_the_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_run(tmp_path / "logs" / "edge_of_stability" / "version_3")
@@ -50,9 +57,8 @@ def test_the_newest_run_is_the_default(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("make, message", [
     (lambda run: None, r"run: no such run folder; pass a folder holding events\.out\.tfevents\.\* files"),
-    (lambda run: write_run(run, (LOSS,)), r"run has no second_order/sharpness, second_order/stability_threshold "
-                                          r"scalars; train with the SecondOrder callback on, e\.g\. --config "
-                                          r"edge_of_stability"),
+    (lambda run: write_run(run, (THRESHOLD,)), r"run has no train/loss, second_order/sharpness scalars; train with "
+                                               r"the SecondOrder callback on, e\.g\. --config edge_of_stability"),
 ])
 def test_a_folder_without_the_scalars_is_refused_in_one_line(make, message, tmp_path, capsys):
     make(tmp_path / "run")
@@ -60,7 +66,9 @@ def test_a_folder_without_the_scalars_is_refused_in_one_line(make, message, tmp_
         read_scalars(tmp_path / "run")
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path / "run")])
-    assert exit_.value.code == 2 and "no s" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(message, err)
 
 
 def test_no_run_yet_is_refused_with_the_command_that_makes_one(tmp_path, monkeypatch, capsys):

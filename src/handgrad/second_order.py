@@ -2,9 +2,9 @@
 
     SecondOrder   every N optimiser steps, on a fixed set of training examples:
                   second_order/sharpness              the largest eigenvalue of the loss's Hessian
-                  second_order/stability_threshold    the sharpness at which the optimiser's step stops
-                                                      converging on a quadratic: 2 / lr for plain gradient
-                                                      descent, 2 (1 + momentum) / lr with heavy-ball momentum
+                  second_order/stability_threshold    the sharpness at which SGD's step stops converging
+                                                      on a quadratic: 2 / lr for plain gradient descent,
+                                                      2 (1 + momentum) / lr with heavy-ball momentum
                   second_order/per_sample_grad_norm   a histogram of ||grad of one example's loss||
                   second_order/per_sample_grad_norm_median
                   second_order/hessian_vector_products, second_order/sharpness_seconds,
@@ -26,19 +26,22 @@ while the loss keeps falling, non-monotonically. configs/edge_of_stability.yaml 
 that way with this callback on (docs/second_order.md).
 
 Reference: Cohen, Kaur, Li, Kolter & Talwalkar, "Gradient Descent on Neural Networks Typically
-Occurs at the Edge of Stability", ICLR 2021 (the momentum thresholds: their appendix); Pearlmutter,
-"Fast Exact Multiplication by the Hessian", Neural Computation 6(1), 1994.
+Occurs at the Edge of Stability", ICLR 2021 (the momentum thresholds: their appendix); Cohen et al.,
+"Adaptive Gradient Methods at the Edge of Stability", 2022; Pearlmutter, "Fast Exact Multiplication by
+the Hessian", Neural Computation 6(1), 1994.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from handgrad.callbacks import HISTOGRAM_BINS, EveryNSteps, log_scalars, tensorboard
 from handgrad.errors import ConfigError
+from handgrad.optim import SGD
 from handgrad.steps import targets_for
 
 Vectors = Sequence[torch.Tensor]  # one tensor per parameter: a point of the parameter space
@@ -133,6 +136,9 @@ class SecondOrder(EveryNSteps):
     evaluated in eval mode (dropout off, batch norm with its running statistics: per-sample
     gradients need that); training's parameters, gradients and random stream are untouched. The
     threshold is read from the optimiser's first param group at each call: it follows an lr schedule.
+    It is logged for SGD only: for an adaptive optimiser (Adam, RMSprop, ...) the step is preconditioned
+    and 2 / lr bounds the preconditioned Hessian's sharpness instead (Cohen et al. 2022), which this
+    callback does not compute; it warns once and logs the sharpness alone.
 
     The Hessian is that of handgrad's hand-written backward, so the network must be built from
     handgrad's ops (``backend: hand``); a torch.nn twin is refused. Whichever path the training steps
@@ -168,6 +174,7 @@ class SecondOrder(EveryNSteps):
         self.last: dict[str, float] = {}  # the latest call's scalars, for tests and scripts
         self._order: torch.Tensor | None = None  # indices into the training split, in the fixed order
         self._v: list[torch.Tensor] | None = None  # the previous call's eigenvector: the next call's start
+        self._warned = False  # about an optimiser without a threshold
 
     def on_fit_start(self, trainer, pl_module) -> None:
         """Refuse what the callback cannot measure, before the first step; fix the examples."""
@@ -209,7 +216,7 @@ class SecondOrder(EveryNSteps):
                     hvp, self._v or self.random_start(params), self.iterations, self.tolerance)
             del hvp  # the gradient's graph
             self.last = {"second_order/sharpness": sharpness,
-                         "second_order/stability_threshold": self.threshold(trainer),
+                         **self.threshold(trainer),
                          "second_order/hessian_vector_products": float(products),
                          "second_order/sharpness_seconds": time.perf_counter() - start}
             if self.per_sample_examples:
@@ -233,9 +240,17 @@ class SecondOrder(EveryNSteps):
         generator = torch.Generator().manual_seed(self.seed)
         return [torch.randn(p.shape, dtype=p.dtype, generator=generator).to(p.device) for p in params]
 
-    @staticmethod
-    def threshold(trainer) -> float:
-        """``stability_threshold`` of the optimiser's first param group (its lr now)."""
-        group = trainer.optimizers[0].param_groups[0]
-        return stability_threshold(group["lr"], group.get("momentum", 0.0), group.get("dampening", 0.0),
-                                   group.get("nesterov", False), group.get("weight_decay", 0.0))
+    def threshold(self, trainer) -> dict[str, float]:
+        """{"second_order/stability_threshold": ``stability_threshold`` of the optimiser's first param group
+        (its lr now)} for SGD; {} for another optimiser (a warning, once)."""
+        optimizer = trainer.optimizers[0]
+        if not isinstance(optimizer, SGD | torch.optim.SGD):
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"SecondOrder: no stability_threshold for {type(optimizer).__name__}: 2 (1 + momentum) "
+                              "/ lr is SGD's; an adaptive optimiser's step is preconditioned. The sharpness is "
+                              "logged alone", stacklevel=2)
+            return {}
+        group = optimizer.param_groups[0]
+        return {"second_order/stability_threshold": stability_threshold(
+            group["lr"], group["momentum"], group["dampening"], group["nesterov"], group["weight_decay"])}

@@ -5,8 +5,8 @@
 
 Top: the training loss against optimiser steps (``train/loss``). Bottom: the sharpness
 (``second_order/sharpness``, handgrad.second_order.SecondOrder) with the threshold the optimiser
-becomes unstable at (``second_order/stability_threshold``: 2 / lr for plain gradient descent) as a
-dashed line. Cohen et al. (2021), figure 1, draw the same two panels.
+becomes unstable at (``second_order/stability_threshold``: 2 / lr for plain gradient descent; SGD
+only) as a dashed line. Cohen et al. (2021), figure 1, draw the same two panels.
 
 It also prints what the callback cost in that run (``cost_summary``): the median wall time of a sharpness
 estimate for each number of Hessian-vector products it took, of the per-sample gradient norms, and of
@@ -27,9 +27,10 @@ LOSS, SHARPNESS, THRESHOLD = "train/loss", "second_order/sharpness", "second_ord
 DEFAULT_LOGS = Path("logs") / "edge_of_stability"
 
 
-def read_scalars(run: str | Path, tags: tuple[str, ...] = (LOSS, SHARPNESS, THRESHOLD)) -> dict[str, tuple[list, list]]:
-    """{tag: (steps, values)} for each of ``tags`` in the run folder's event files, sorted by step
-    (a resumed run writes a second file). A ValueError names a missing folder or tag."""
+def read_scalars(run: str | Path, tags: tuple[str, ...] = (LOSS, SHARPNESS)) -> dict[str, tuple[list, list]]:
+    """{tag: (steps, values)} for each of ``tags`` in the run folder's event files, and the threshold's if
+    logged (SGD only), sorted by step (a resumed run writes a second file). A ValueError names a missing
+    folder or tag."""
     if not Path(run).is_dir():
         raise ValueError(f"{run}: no such run folder; pass a folder holding events.out.tfevents.* files, "
                          f"e.g. {DEFAULT_LOGS / 'version_0'}")
@@ -40,7 +41,7 @@ def read_scalars(run: str | Path, tags: tuple[str, ...] = (LOSS, SHARPNESS, THRE
         raise ValueError(f"{run} has no {', '.join(missing)} scalars; train with the SecondOrder callback on, e.g. "
                          "--config edge_of_stability")
     series = {}
-    for tag in tags:
+    for tag in (*tags, THRESHOLD) if THRESHOLD in found else tags:
         points = sorted({e.step: e.value for e in events.Scalars(tag)}.items())
         series[tag] = ([step for step, _ in points], [value for _, value in points])
     return series
@@ -89,13 +90,14 @@ def edge_of_stability_figure(series: dict[str, tuple[list, list]], title: str = 
     loss_ax.set_ylabel("training loss")
     loss_ax.set_yscale("log")
     loss_ax.grid(alpha=0.3)
-    steps, threshold = series[THRESHOLD]
     sharp_ax.plot(*series[SHARPNESS], color="tab:red", linewidth=1.2, marker=".", markersize=3,
                   label="sharpness: largest Hessian eigenvalue")
-    sharp_ax.plot(steps, threshold, color="black", linestyle="--", linewidth=1,
-                  label=f"stability threshold 2/lr = {threshold[-1]:g}" if len(set(threshold)) == 1
-                  else "stability threshold 2(1+momentum)/lr")
-    sharp_ax.set_ylim(0, 1.25 * max(max(series[SHARPNESS][1]), max(threshold)))
+    steps, threshold = series.get(THRESHOLD, ([], []))
+    if threshold:
+        sharp_ax.plot(steps, threshold, color="black", linestyle="--", linewidth=1,
+                      label=f"stability threshold 2/lr = {threshold[-1]:g}" if len(set(threshold)) == 1
+                      else "stability threshold 2(1+momentum)/lr")
+    sharp_ax.set_ylim(0, 1.25 * max(series[SHARPNESS][1] + threshold))
     sharp_ax.set_xlabel("optimiser step")
     sharp_ax.set_ylabel("sharpness")
     sharp_ax.legend(loc="lower right")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
         run = Path(args.run) if args.run else latest_run()
         series = read_scalars(run)
     except ValueError as err:
-        parser.error(str(err))  # one line, exit status 2
+        parser.exit(2, f"error: {err}\n")  # one line, as handgrad-train prints its errors
     out = Path(args.out) if args.out else run / "edge_of_stability.png"
     figure = edge_of_stability_figure(series, args.title)
     out.parent.mkdir(parents=True, exist_ok=True)
