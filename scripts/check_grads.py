@@ -26,8 +26,9 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 
 from handgrad.verify import OP_CASES, compare, gradcheck, seeded
-from handgrad.verify.cases import KNOWN_FAILURES, TORCH_OPS
+from handgrad.verify.cases import KNOWN_FAILURES, TORCH_MODULES, TORCH_OPS
 from handgrad.verify.known import unexplained
+from handgrad.verify.module_samples import module_samples, run_module_sample
 from handgrad.verify.samples import op_samples, run_op_sample
 from handgrad.verify.transforms import CHECKS, FIRST_ORDER
 
@@ -122,12 +123,33 @@ def main() -> int:
               + " | ".join(cell for cell, _ in cells) + " |")
     print(f"\n{len(cases) - failures} of {len(cases)} ops match autograd"
           + ("" if not failures else f"; {failures} FAILED"))
+    if not args.no_samples and not args.only:
+        failures += print_sample_totals(cases)
     for tag in sorted(tags):
         details = sorted(set(reasons_for(cases, tag)))
         if tag == FIRST_ORDER:  # "<Function> is once_differentiable ...", "<Function> has no jvp yet"
             details = [f"{', '.join(sorted({d.split()[0] for d in details}))} (once_differentiable, no jvp yet)"]
         print(f"\n{tag} (opted out, tested to fail): {'; '.join(details)}")
     return 1 if failures else 0
+
+
+def print_sample_totals(cases) -> int:
+    """The torch-samples totals: OpInfo samples over the table's distinct ops, and the ModuleInfo inputs of
+    every handgrad.nn twin with one (float64 and float32, train and eval). Returns 1 if any is unexplained."""
+    ops = sorted({case.op for case in cases if case.op in TORCH_OPS})
+    cells = [samples_cell(op)[0].split("/") for op in ops]
+    print(f"PyTorch's OpInfo samples: {sum(int(m) for m, _ in cells)} of {sum(int(t) for _, t in cells)} match "
+          f"({len(ops)} ops)")
+    matched = total = 0
+    bad = False
+    for name in TORCH_MODULES:
+        outcomes = [run_module_sample(c) for c in module_samples(name)]
+        counted = [o for o in outcomes if o.status != "torch_error"]
+        matched += sum(o.status == "match" for o in counted)
+        total += len(counted)
+        bad = bad or bool(unexplained(name, "samples", outcomes, KNOWN_FAILURES))
+    print(f"PyTorch's ModuleInfo inputs: {matched} of {total} match ({len(TORCH_MODULES)} handgrad.nn modules)")
+    return int(bad or matched != total)
 
 
 def reasons_for(cases, tag: str) -> list[str]:
