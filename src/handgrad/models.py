@@ -28,6 +28,7 @@ import torch
 
 import handgrad.functional as F
 import handgrad.nn
+from handgrad.models_lm import GPT, CharLSTM, generate  # the language models
 
 BACKENDS: dict[str, ModuleType] = {"hand": handgrad.nn, "autograd": torch.nn}
 
