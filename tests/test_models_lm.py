@@ -61,13 +61,15 @@ def test_twins_train_alike_with_adamw(name):
             losses.append(loss)
         torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
         for (key, p), q in zip(hand.named_parameters(), twin.parameters(), strict=True):
-            torch.testing.assert_close(comparable(key, p.grad), comparable(key, q.grad), rtol=1e-4, atol=1e-6, msg=f"step {step}: grad of {key}")
+            torch.testing.assert_close(comparable(key, p.grad), comparable(key, q.grad), rtol=1e-4, atol=1e-6,
+                                       msg=f"step {step}: grad of {key}")
             if key.endswith("attn.c_attn.bias"):
                 assert p.grad.chunk(3)[1].abs().max() < 1e-6  # the key bias's: zero up to rounding
         for opt in opts:
             opt.step()
         for (key, p), q in zip(hand.named_parameters(), twin.parameters(), strict=True):
-            torch.testing.assert_close(comparable(key, p), comparable(key, q), rtol=1e-5, atol=1e-6, msg=f"step {step}: {key}")
+            torch.testing.assert_close(comparable(key, p), comparable(key, q), rtol=1e-5, atol=1e-6,
+                                       msg=f"step {step}: {key}")
 
 
 def test_gpt_head_is_tied_and_initialised_as_gpt2():
