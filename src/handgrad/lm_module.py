@@ -25,7 +25,7 @@ LayerNorm weights).
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as torch_F
@@ -143,7 +143,7 @@ class LanguageModel(ResumableModule):
         decay = self.hparams["decay_steps"]
         if decay is None:
             decay = self.trainer.max_steps if self.trainer.max_steps > 0 else \
-                (self.trainer.max_epochs or 1) * self.trainer.datamodule.steps_per_epoch
+                (self.trainer.max_epochs or 1) * self.data.steps_per_epoch
         return lr_at(step, self.hparams["lr"], self.hparams["warmup_steps"], decay, self.hparams["min_lr"])
 
     def _check_divergence(self, losses: torch.Tensor, lr: float) -> None:
@@ -173,7 +173,8 @@ class LanguageModel(ResumableModule):
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        metrics = {"val/loss": loss, "val/perplexity": loss.exp(), "step": float(self.global_step)}
+        metrics: dict[str, torch.Tensor | float] = {"val/loss": loss, "val/perplexity": loss.exp(),
+                                                     "step": float(self.global_step)}
         if self.exact_match:
             metrics["val/acc"] = self.val_acc.compute()
         self.log_dict(metrics, prog_bar=False)
@@ -189,12 +190,18 @@ class LanguageModel(ResumableModule):
 
     def on_test_epoch_end(self) -> None:
         loss = self.test_loss.compute()
-        metrics = {"test/loss": loss, "test/perplexity": loss.exp(), "step": float(self.tested_step)}
+        metrics: dict[str, torch.Tensor | float] = {"test/loss": loss, "test/perplexity": loss.exp(),
+                                                     "step": float(self.tested_step)}
         if self.exact_match:
             metrics["test/acc"] = self.test_acc.compute()
         self.log_dict(metrics, prog_bar=False)
         self.test_loss.reset()
         self.test_acc.reset()
+
+    @property
+    def data(self) -> Any:
+        """The trainer's datamodule (a handgrad.text_data.TokenDataModule)."""
+        return getattr(self.trainer, "datamodule", None)
 
     @property
     def exact_match(self) -> bool:
@@ -206,7 +213,7 @@ class LanguageModel(ResumableModule):
         generator = torch.Generator(device=self.device).manual_seed(step)
         encode = {char: i for i, char in enumerate(self.vocab)}
         if self.exact_match:  # greedy answers to the first validation problems
-            prompts = self.trainer.datamodule.problems("val")[:8]  # e.g. "12+34=640"
+            prompts = self.data.problems("val")[:8]  # e.g. "12+34=640"
             heads = [p[:p.index("=") + 1] for p in prompts]  # "12+34="
             ids = torch.tensor([[encode[c] for c in h] for h in heads], device=self.device)
             out = generate(self.net, ids, len(prompts[0]) - len(heads[0]), temperature=0)

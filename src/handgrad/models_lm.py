@@ -24,6 +24,7 @@ the Output Embedding to Improve Language Models", 2017 (weight tying).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -69,6 +70,19 @@ class Block(torch.nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class Transformer(torch.nn.Module):
+    """The GPT's body, under nanoGPT's names: embeddings wte and wpe, dropout, the blocks h, the final ln_f."""
+
+    def __init__(self, nn: Any, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                 dropout: float, bias: bool, backend: str):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.h = torch.nn.ModuleList(Block(n_embd, n_head, dropout, bias, backend) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+
+
 class GPT(torch.nn.Module):
     """GPT-2's architecture at any size: a decoder-only transformer over a vocabulary of tokens.
 
@@ -96,16 +110,10 @@ class GPT(torch.nn.Module):
             if value < 1:
                 raise ValueError(f"GPT: {name}={value} must be >= 1")
         nn = _layers(backend, "GPT")
-        self.spec = dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+        self.spec: dict[str, Any] = dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
                          n_embd=n_embd, dropout=dropout, bias=bias)
         self.backend, self.block_size = backend, block_size
-        self.transformer = torch.nn.ModuleDict(dict(
-            wte=nn.Embedding(vocab_size, n_embd),
-            wpe=nn.Embedding(block_size, n_embd),
-            drop=nn.Dropout(dropout),
-            h=torch.nn.ModuleList(Block(n_embd, n_head, dropout, bias, backend) for _ in range(n_layer)),
-            ln_f=nn.LayerNorm(n_embd, bias=bias),
-        ))
+        self.transformer = Transformer(nn, vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, backend)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix, two uses
         self.apply(_gpt2_init)
@@ -119,10 +127,11 @@ class GPT(torch.nn.Module):
             raise ValueError(f"GPT: a context of {T} tokens is longer than block_size={self.block_size}; "
                              f"crop it to the last {self.block_size} tokens")
         positions = torch.arange(T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (B, T, C)
-        for block in self.transformer.h:
+        body = self.transformer
+        x = body.drop(body.wte(idx) + body.wpe(positions))  # (B, T, C)
+        for block in body.h:
             x = block(x)  # (B, T, C)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return self.lm_head(body.ln_f(x))  # (B, T, V)
 
     def twin(self, backend: str = "autograd") -> GPT:
         """The same model (weights, dtype, device, train/eval mode) built by ``backend`` (default: autograd)."""
@@ -162,8 +171,8 @@ class CharLSTM(torch.nn.Module):
                  dropout: float = 0.0, block_size: int = 128, backend: str = "hand"):
         super().__init__()
         nn = _layers(backend, "CharLSTM")
-        self.spec = dict(vocab_size=vocab_size, n_embd=n_embd, hidden_size=hidden_size, num_layers=num_layers,
-                         dropout=dropout, block_size=block_size)
+        self.spec: dict[str, Any] = dict(vocab_size=vocab_size, n_embd=n_embd, hidden_size=hidden_size,
+                                         num_layers=num_layers, dropout=dropout, block_size=block_size)
         self.backend, self.block_size = backend, block_size
         self.embedding = nn.Embedding(vocab_size, n_embd)
         self.lstm = nn.LSTM(n_embd, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0)
