@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 import handgrad.nn
+from handgrad.functional.residual import residual_add
 from handgrad.models_blocks import BACKENDS, CausalSelfAttention
 
 
@@ -64,10 +65,11 @@ class Block(torch.nn.Module):
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, backend)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, backend)
+        self.add = residual_add if backend == "hand" else torch.add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # the residual stream carries x past each half
-        return x + self.mlp(self.ln_2(x))
+        x = self.add(x, self.attn(self.ln_1(x)))  # the residual stream carries x past each half
+        return self.add(x, self.mlp(self.ln_2(x)))
 
 
 class Transformer(torch.nn.Module):
@@ -113,6 +115,7 @@ class GPT(torch.nn.Module):
         self.spec: dict[str, Any] = dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
                          n_embd=n_embd, dropout=dropout, bias=bias)
         self.backend, self.block_size = backend, block_size
+        self.add = residual_add if backend == "hand" else torch.add
         self.transformer = Transformer(nn, vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias, backend)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix, two uses
@@ -128,7 +131,7 @@ class GPT(torch.nn.Module):
                              f"crop it to the last {self.block_size} tokens")
         positions = torch.arange(T, device=idx.device)  # (T,)
         body = self.transformer
-        x = body.drop(body.wte(idx) + body.wpe(positions))  # (B, T, C)
+        x = body.drop(self.add(body.wte(idx), body.wpe(positions)))  # (B, T, C) + (T, C)
         for block in body.h:
             x = block(x)  # (B, T, C)
         return self.lm_head(body.ln_f(x))  # (B, T, V)
