@@ -55,7 +55,8 @@ def encode(prompt: str, vocab: str) -> list[int]:
 
 def addition_accuracy(model: torch.nn.Module, data: AdditionDataModule, split: str = "test",
                       batch_size: int = 1000) -> tuple[float, list[str]]:
-    """Exact-match accuracy of greedy answers on the split's problems, and the first few problems as answered."""
+    """Exact-match accuracy of greedy answers on the split's problems, and the first five as answered:
+    '72+65=731   72+65=137 (right)', the generated digits, then the sum read the usual way."""
     problems = data.problems(split)
     prompt_length = 2 * data.digits + 2  # "12+34="
     answered: list[str] = []
@@ -64,8 +65,10 @@ def addition_accuracy(model: torch.nn.Module, data: AdditionDataModule, split: s
         ids = torch.tensor([encode(p[:prompt_length], data.vocab) for p in batch])
         out = generate(model, ids, len(batch[0]) - prompt_length, temperature=0)
         answered += ["".join(data.vocab[int(i)] for i in row) for row in out]
-    right = sum(a == p for a, p in zip(answered, problems, strict=True))
-    return right / len(problems), answered[:5]
+    right = [a == p for a, p in zip(answered, problems, strict=True)]
+    shown = [f"{a}   {a[:prompt_length]}{a[prompt_length:][::-1]} ({'right' if ok else 'wrong'})"
+             for a, ok in zip(answered[:5], right, strict=False)]  # the sum as it is read: most significant first
+    return sum(right) / len(problems), shown
 
 
 def main(args: list[str] | None = None) -> int:
