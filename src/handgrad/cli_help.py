@@ -22,6 +22,7 @@ from jsonargparse import ArgumentError, DefaultHelpFormatter
 from handgrad.configfiles import config_label, packaged_configs
 from handgrad.data import DataModule
 from handgrad.lit_module import Classifier
+from handgrad.lm_module import LanguageModel
 
 NETWORKS = ("handgrad.models.MLP", "handgrad.models.LeNet5")  # torchvision.ops.MLP makes the short name MLP ambiguous
 HELP_FLAGS = ("-h", "--help", "--help_all")
@@ -78,14 +79,20 @@ def short_help(parser, args: list[str], config: str) -> str:
     module, _, name = net_path.rpartition(".")
     net_class = getattr(importlib.import_module(module), name)
     others = [path for path in NETWORKS if path != net_path]
+    model_class: type = LanguageModel if name in ("GPT", "CharLSTM") else Classifier
+    data_path = value("data.class_path", None)  # a language model's data names its class
+    data_class = getattr(importlib.import_module(data_path.rpartition(".")[0]), data_path.rpartition(".")[2]) \
+        if data_path else DataModule
     sections = [
         ("Run", [("--config", config_label(config), "a config's name (" + ", ".join(packaged_configs())
                   + ") or a YAML file; the options after it override it")]
          + [(f"--{key}", value(key, None), text) for key, text in RUN_OPTIONS.items()]),
-        ("The model, handgrad.lit_module.Classifier", class_options(Classifier, "model", value, skip="net")),
+        (f"The model, {model_class.__module__}.{model_class.__name__}",
+         class_options(model_class, "model", value, skip="net")),
         (f"The network, --model.net {net_path}" + (f" (or {', '.join(others)})" if others else ""),
          class_options(net_class, "model.net.init_args", value, shown_as="model.net")),
-        ("The data, handgrad.data.DataModule", class_options(DataModule, "data", value)),
+        (f"The data, {data_class.__module__}.{data_class.__name__}",
+         class_options(data_class, "data.init_args" if data_path else "data", value, shown_as="data")),
         ("Lightning's Trainer (a few of its options)",
          [(f"--trainer.{key}", value(f"trainer.{key}", None), text) for key, text in TRAINER_OPTIONS.items()]),
         ("The best checkpoint, Lightning's ModelCheckpoint",

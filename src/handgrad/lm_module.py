@@ -78,8 +78,11 @@ class LanguageModel(ResumableModule):
         weight_decay: AdamW's decoupled decay, on the matrices only (not biases, LayerNorm, ...).
         betas: AdamW's.
         grad_clip: clip the global gradient norm to this; 0: off.
-        sample_prompt, sample_length, sample_temperature, sample_top_k: the text generated at each
-            validation (a task scored by exact match shows greedy answers to validation problems instead).
+        sample_prompt: the text that each validation's sample continues (TensorBoard's TEXT tab); a task
+            scored by exact match shows greedy answers to validation problems instead.
+        sample_length: characters generated after the prompt.
+        sample_temperature: softmax temperature of the sample; 0: the most likely character each time.
+        sample_top_k: sample among the k most likely characters only; null: among all.
     """
 
     def __init__(self, net: torch.nn.Module, vocab: str = "", lr: float = 1e-3, min_lr: float = 1e-4,

@@ -96,7 +96,9 @@ class GPT(torch.nn.Module):
     Args:
         vocab_size: V, the number of distinct tokens.
         block_size: the longest context (positions in wpe).
-        n_layer, n_head, n_embd: blocks, attention heads and width C (a multiple of n_head).
+        n_layer: transformer blocks.
+        n_head: attention heads per block.
+        n_embd: the width C, a multiple of n_head.
         dropout: after the embeddings, on the attention weights and after each residual branch; 0 is off.
         bias: biases in the Linear and LayerNorm layers (GPT-2: true).
         backend: "hand" (handgrad.nn layers, every gradient hand-written) or "autograd" (torch.nn's).
@@ -164,7 +166,8 @@ class CharLSTM(torch.nn.Module):
     Args:
         vocab_size: V, the number of distinct tokens.
         n_embd: the embedding width.
-        hidden_size, num_layers: the LSTM's.
+        hidden_size: the LSTM's state width.
+        num_layers: stacked LSTM layers.
         dropout: between stacked LSTM layers and before the head; 0 is off.
         block_size: the context that training windows and ``generate`` use (the LSTM itself takes any length).
         backend: "hand" (handgrad.nn layers) or "autograd" (torch.nn's). Weights: torch's default initialisation.

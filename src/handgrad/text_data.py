@@ -104,7 +104,8 @@ class TextDataModule(TokenDataModule):
         block_size: the context length T of a training window.
         batch_size: windows per optimiser step.
         seed: each epoch's shuffle of the training windows.
-        chunk_size, eval_batch_size: windows per Lightning batch, and per forward pass in evaluation.
+        chunk_size: windows per Lightning batch (many optimiser steps).
+        eval_batch_size: windows per forward pass in validation and test.
     """
 
     def __init__(self, path: str | None = None, block_size: int = 64, batch_size: int = 32, seed: int = 0,
@@ -138,8 +139,12 @@ class AdditionDataModule(TokenDataModule):
 
     Args:
         digits: n, the digits of each operand (2: 10,000 problems; 3: 1,000,000).
-        val_size, test_size: problems held out for validation and for the test (never trained on).
-        batch_size, seed, chunk_size, eval_batch_size: as in TextDataModule; seed also draws the split.
+        val_size: problems held out for validation (never trained on).
+        test_size: problems held out for the test (never trained on).
+        batch_size: problems per optimiser step.
+        seed: draws the split and each epoch's shuffle.
+        chunk_size: problems per Lightning batch (many optimiser steps).
+        eval_batch_size: problems per forward pass in validation and test.
     """
 
     def __init__(self, digits: int = 2, val_size: int = 500, test_size: int = 1000, batch_size: int = 64,
