@@ -33,7 +33,16 @@ def test_a_quick_run_writes_every_row_group(tmp_path, mnist_root, capsys):
     assert all(r["examples"] == 40 and r["us_per_example"] > 0 and r["timed_epochs"] == 1 for r in ends)
     assert all(r["same_weights_as_bare_epoch"] for r in ends if r["contender"] == "lightning")
 
+    # row group 5: attention, LSTM and GRU, Adam and AdamW, each against its autograd or torch.optim contender
+    layers = saved["layer_rows"]
+    assert [r["length"] for r in layers["attention_memory"]] == [64, 128]
+    assert [r["kind"] for r in layers["recurrent"]] == ["lstm", "gru"]
+    assert [r["optimizer"] for r in layers["optimizers"]] == ["Adam", "AdamW"]
+    assert all(r["ratio"] > 0 for group in ("attention", "optimizers") for r in layers[group])
+    assert all(r["ratio_autograd"] > 0 and r["ratio_native"] > 0 for r in layers["recurrent"])
+
     table = capsys.readouterr().out
+    assert "Attention, forward + backward" in table and "Optimiser step on the 784-256-256-10" in table
     assert "| nielsen_ch1 784-30-10 sigmoid, mse | 10 | cpu | fp32 | fused_step |" in table
     assert "| batch | examples an epoch | contender | us / example | Lightning / this |" in table
     assert table.count("| 40 | ") == 2 * len(E2E_CONTENDERS)

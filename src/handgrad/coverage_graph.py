@@ -97,7 +97,7 @@ def handgrad_twin(op: str, module: torch.nn.Module | None) -> str | None:
     """What to use instead of a torch node: the handgrad.nn twin of the torch.nn module that created it,
     else the handgrad.functional twin of its op; None where handgrad has neither."""
     if module is not None and type(module).__module__.startswith("torch.nn."):
-        if type(module).__name__ in handgrad.nn.__all__:
+        if type(module).__name__ in handgrad.nn.HAND_WRITTEN:
             return f"handgrad.nn.{type(module).__name__}"
     function = HANDGRAD_FUNCTIONS.get(op)
     return None if function is None else f"handgrad.functional.{function}"

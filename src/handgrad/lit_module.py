@@ -1,4 +1,5 @@
-"""The LightningModule (the "system"): a network, a cost and handgrad's SGD, trained in chunks.
+"""The LightningModule (the "system"): a network, a cost and a handgrad optimiser (SGD by default), trained
+in chunks.
 
 Lightning costs about 1 ms of bookkeeping per batch on a CPU, more than a whole optimiser
 step of a small MLP. So a Lightning batch here is a *chunk* of many consecutive
@@ -9,7 +10,7 @@ with manual optimisation:
         loss = cost(net(x), t)
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()         # w <- w - lr * grad  (handgrad.optim.SGD)
+        optimizer.step()         # w <- w - lr * grad  (handgrad.optim.SGD; or Adam, ... by --model.optimizer)
 
 Losses and outputs are kept as tensors and logged once per chunk (no .item() per step).
 ``trainer.global_step`` counts optimiser steps, as it does in Lightning's manual
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -43,6 +44,8 @@ from handgrad.callbacks import HISTOGRAM_BINS
 from handgrad.data import Chunk
 from handgrad.errors import ConfigError
 from handgrad.optim import SGD
+from handgrad.optim.base import HandOptimizer
+from handgrad.optimizer_choice import optimizer_class, optimizer_settings
 from handgrad.resume import ResumableModule
 from handgrad.steps import (
     autograd_steps,
@@ -69,14 +72,17 @@ class DivergenceError(RuntimeError):
 
 
 class Classifier(ResumableModule):
-    """Trains ``net`` on class labels with handgrad.optim.SGD.
+    """Trains ``net`` on class labels with a handgrad optimiser (handgrad.optim.SGD unless ``optimizer`` says).
 
     Args:
         net: the network (e.g. handgrad.models.MLP); outputs (N, C).
         loss: "cross_entropy" (net outputs logits) or "mse" (squared error on one-hot targets).
-        lr: learning rate, > 0.
-        momentum: SGD momentum in [0, 1).
-        weight_decay: L2 penalty coefficient, >= 0.
+        optimizer: sgd, adam, adamw, rmsprop, adadelta or adagrad (handgrad.optim's, equal to torch.optim's).
+        lr: learning rate, > 0 (for every optimiser; Adam's usual one is 1e-3).
+        momentum: momentum in [0, 1) of sgd and rmsprop; 0 for the other optimisers.
+        weight_decay: weight decay coefficient, >= 0 (AdamW's is decoupled; torch's AdamW default is 0.01).
+        optimizer_args: the optimiser's other arguments by torch's names, e.g. {betas: [0.9, 0.95], eps: 1e-8}
+            for adam, {nesterov: true} for sgd (handgrad.optimizer_choice); null: torch's defaults.
         histogram_every_n_steps: log weight and gradient histograms when the optimiser step
             count crosses a multiple of this (checked once per chunk); 0 turns them off.
         fused: how a training step computes its gradients. "auto" (the default): by the fused
@@ -91,9 +97,11 @@ class Classifier(ResumableModule):
         self,
         net: torch.nn.Module,
         loss: str = "cross_entropy",
+        optimizer: str = "sgd",
         lr: float = 0.1,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        optimizer_args: dict[str, Any] | None = None,
         histogram_every_n_steps: int = 1000,
         fused: bool | Literal["auto"] = "auto",
     ):
@@ -110,6 +118,7 @@ class Classifier(ResumableModule):
             raise ConfigError(f"model.momentum={momentum} must be in [0, 1); use 0 (plain SGD) or e.g. 0.9")
         if weight_decay < 0:
             raise ConfigError(f"model.weight_decay={weight_decay} must be >= 0; use 0 or e.g. 5e-4")
+        self.optimizer_settings = optimizer_settings(optimizer, lr, momentum, weight_decay, optimizer_args)
         if histogram_every_n_steps < 0:
             raise ConfigError(f"model.histogram_every_n_steps={histogram_every_n_steps} must be >= 0 (0: off)")
         if fused not in (True, False, "auto"):
@@ -127,6 +136,7 @@ class Classifier(ResumableModule):
         self.automatic_optimization = False  # training_step steps the optimiser itself, once per mini-batch
         self.net = net
         self.loss = loss
+        self.optimizer_class = optimizer_class(optimizer)
         self.num_classes = num_outputs(net)
         self.cost = loss_function(loss, getattr(net, "backend", "hand"))
         self.fused_blocker = "model.fused=false" if fused is False else blocker  # None: the fused step applies
@@ -157,7 +167,7 @@ class Classifier(ResumableModule):
     # ----------------------------------------------------------------------- training: the hot loop
 
     def training_step(self, chunk: Chunk, chunk_idx: int) -> None:
-        optimizer = cast(LightningOptimizer, self.optimizers()).optimizer  # the raw SGD: no per-step Lightning hooks
+        optimizer = cast(LightningOptimizer, self.optimizers()).optimizer  # the raw optimiser: no Lightning hooks
         x, y = chunk.x, chunk.y
         if self.trainer.max_steps >= 0:  # stop exactly at max_steps, even inside a chunk
             keep = (self.trainer.max_steps - self.global_step) * chunk.batch_size
@@ -196,8 +206,9 @@ class Classifier(ResumableModule):
             raise ConfigError(f"model.fused=true, but {why_not}; use model.fused 'auto' (or false)")
         fused = why_not is None
         if fused != self.fused_step:
+            update = "foreach SGD update" if self.optimizer_class is SGD else f"{self.optimizer_class.__name__}.step()"
             rank_zero_info("Training step: fused (handgrad.functional.mlp_loss_and_grads, no autograd engine) and a "
-                           "foreach SGD update" if fused else
+                           f"{update}" if fused else
                            f"Training step: per-layer Functions, autograd engine, optimizer.step()"
                            f"{' with loss scaling' if getattr(self.trainer.precision_plugin, 'scaler', None) else ''}"
                            f" ({why_not})")
@@ -300,13 +311,15 @@ class Classifier(ResumableModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restore the place in the epoch and the random state (handgrad.resume.ResumableModule); and let
-        this run's lr, momentum and weight decay win over those saved with the optimiser's state, so that
-        a run resumed with e.g. a smaller --model.lr (after a divergence) takes it."""
+        this run's optimiser settings (lr, momentum, weight decay, optimizer_args) win over those saved with
+        the optimiser's state, so that a run resumed with e.g. a smaller --model.lr (after a divergence)
+        takes it. The optimiser's running state (momentum buffers, Adam's averages and step counts) is the
+        checkpoint's, so an unchanged run resumes bit for bit (handgrad.preflight refuses a checkpoint
+        of another optimiser)."""
         super().on_load_checkpoint(checkpoint)
         for state in checkpoint.get("optimizer_states", []):
             for group in state["param_groups"]:
-                group.update(lr=self.hparams["lr"], momentum=self.hparams["momentum"],
-                             weight_decay=self.hparams["weight_decay"])
+                group.update(self.optimizer_settings)
         self.loaded_step, self.loaded_epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
 
     @property
@@ -316,6 +329,5 @@ class Classifier(ResumableModule):
             return self.loaded_step
         return self.global_step
 
-    def configure_optimizers(self) -> SGD:
-        return SGD(self.net.parameters(), lr=self.hparams["lr"], momentum=self.hparams["momentum"],
-                   weight_decay=self.hparams["weight_decay"])
+    def configure_optimizers(self) -> HandOptimizer:
+        return self.optimizer_class(self.net.parameters(), **self.optimizer_settings)

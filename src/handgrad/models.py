@@ -21,6 +21,7 @@ Bengio & Haffner, "Gradient-based learning applied to document recognition", Pro
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from types import ModuleType
 from typing import Any, TypeVar, cast
 
@@ -47,7 +48,7 @@ POOLS: dict[str, str] = {"max": "MaxPool2d", "avg": "AvgPool2d"}
 INITS = ("torch", "nielsen", "nielsen_scaled")
 
 
-def _choice(model: str, what: str, value: object, allowed) -> None:
+def _choice(model: str, what: str, value: object, allowed: Collection[object]) -> None:
     if value not in allowed:
         raise ValueError(f"{model}: unknown {what} {value!r}; choose one of {', '.join(map(repr, allowed))}")
 

@@ -5,15 +5,21 @@ arguments, parameters (names, shapes, default initialisation), buffers, ``state_
 keys and ``repr``. Only ``forward`` differs: it calls the hand-written function from
 ``handgrad.functional``. A ``state_dict`` therefore moves between a handgrad network
 and its torch.nn twin unchanged.
+
+Every other public name of torch.nn is torch's own object (``handgrad.nn.Module is torch.nn.Module``, ``init``,
+``utils``, ``Parameter``, ``Sequential``), and ``handgrad.nn.functional`` is ``handgrad.functional``, so that
+``import handgrad.nn as nn`` can replace ``import torch.nn as nn`` (handgrad.drop_in). ``HAND_WRITTEN``
+lists the names defined here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import handgrad.functional as F
+from handgrad import drop_in
 from handgrad.functional.padding import pad2d
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "Sigmoid",
     "SmoothL1Loss",
     "Softmax",
+    "Softplus",
     "Tanh",
 ]
 
@@ -73,6 +80,11 @@ class Sigmoid(torch.nn.Sigmoid):
 class Tanh(torch.nn.Tanh):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.tanh(input)
+
+
+class Softplus(torch.nn.Softplus):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.softplus(input, self.beta, self.threshold)
 
 
 class ReLU(torch.nn.ReLU):
@@ -164,7 +176,7 @@ class Conv2d(torch.nn.Conv2d):
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
-    def forward(self, input: torch.Tensor):
+    def forward(self, input: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
@@ -263,7 +275,8 @@ __all__ += ["Embedding", "GELU"]
 # --------------------------------------------------------------------------- recurrent layers
 
 
-def _sequence_arguments(module: torch.nn.RNNBase, input, hx, states: int):
+def _sequence_arguments(module: torch.nn.RNNBase, input: torch.Tensor, hx: Any,
+                        states: int) -> tuple[torch.Tensor, ...]:
     """torch.nn.RNNBase's forward up to its kernel call: the same checks and messages (its own
     check_forward_args), zero initial states when none are given. Returns the states as a tuple, in the
     input's own batched or unbatched form (handgrad's functions take unbatched input as it is)."""
@@ -301,7 +314,8 @@ class RNN(torch.nn.RNN):
     ``handgrad.functional.rnn_tanh`` / ``rnn_relu``; torch.nn.RNN's parameters, options and outputs
     (output, h_n). PackedSequence input is refused."""
 
-    def forward(self, input, hx=None):
+    def forward(self, input: torch.Tensor,  # type: ignore[override]  # torch's overloads take a PackedSequence too
+                hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         (hx,) = _sequence_arguments(self, input, hx, states=1)
         function = F.rnn_tanh if self.nonlinearity == "tanh" else F.rnn_relu
         return function(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
@@ -313,9 +327,11 @@ class LSTM(torch.nn.LSTM):
     ``handgrad.functional.lstm``; torch.nn.LSTM's parameters, options and outputs
     (output, (h_n, c_n)). PackedSequence input is refused."""
 
-    def forward(self, input, hx=None):
-        hx = _sequence_arguments(self, input, hx, states=2)
-        output, h_n, c_n = F.lstm(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+    def forward(self, input: torch.Tensor,  # type: ignore[override]  # torch's overloads take a PackedSequence too
+                hx: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        states = _sequence_arguments(self, input, hx, states=2)
+        output, h_n, c_n = F.lstm(input, states, self._flat_weights, self.bias, self.num_layers, self.dropout,
                                   self.training, self.bidirectional, self.batch_first)
         return output, (h_n, c_n)
 
@@ -324,13 +340,15 @@ class GRU(torch.nn.GRU):
     """GRU in torch's form with the hand-written backward through time of ``handgrad.functional.gru``;
     torch.nn.GRU's parameters, options and outputs (output, h_n). PackedSequence input is refused."""
 
-    def forward(self, input, hx=None):
+    def forward(self, input: torch.Tensor,  # type: ignore[override]  # torch's overloads take a PackedSequence too
+                hx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         (hx,) = _sequence_arguments(self, input, hx, states=1)
         return F.gru(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
                      self.bidirectional, self.batch_first)
 
 
-def _cell_arguments(module: torch.nn.modules.rnn.RNNCellBase, input, hx, states: int) -> tuple:
+def _cell_arguments(module: torch.nn.modules.rnn.RNNCellBase, input: torch.Tensor, hx: Any,
+                    states: int) -> tuple[torch.Tensor, ...]:
     """torch.nn's cells' forward up to the kernel call: the same checks and messages, zero states by default."""
     name = type(module).__name__
     if input.dim() not in (1, 2):
@@ -350,7 +368,7 @@ class RNNCell(torch.nn.RNNCell):
     """One Elman RNN step, h' = tanh or relu of (x W_ih^T + b_ih + h W_hh^T + b_hh), with the hand-written
     backward of ``handgrad.functional.rnn_tanh_cell`` / ``rnn_relu_cell``."""
 
-    def forward(self, input, hx=None):
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         (hx,) = _cell_arguments(self, input, hx, states=1)
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}; use 'tanh' or 'relu'")
@@ -361,14 +379,30 @@ class RNNCell(torch.nn.RNNCell):
 class LSTMCell(torch.nn.LSTMCell):
     """One LSTM step, (h', c'), with the hand-written backward of ``handgrad.functional.lstm_cell``."""
 
-    def forward(self, input, hx=None):
-        hx = _cell_arguments(self, input, hx, states=2)
-        return F.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+    def forward(self, input: torch.Tensor,
+                hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        states = _cell_arguments(self, input, hx, states=2)
+        return F.lstm_cell(input, states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
 class GRUCell(torch.nn.GRUCell):
     """One GRU step, h', with the hand-written backward of ``handgrad.functional.gru_cell``."""
 
-    def forward(self, input, hx=None):
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
         (hx,) = _cell_arguments(self, input, hx, states=1)
         return F.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+# --------------------------------------------------------------------------- every other name of torch.nn
+
+functional = F  # torch.nn.functional's place: handgrad.nn.functional is handgrad.functional
+__all__ += ["functional"]
+
+HAND_WRITTEN = frozenset(__all__)  # the names defined here; every other public name of torch.nn is torch's
+__all__ += drop_in.from_torch(torch.nn, HAND_WRITTEN)
+drop_in.register_submodules(__name__, torch.nn, {"functional": F})
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = drop_in.namespace(__name__, torch.nn, HAND_WRITTEN)
+else:  # type checkers read torch.nn's other names here; the classes above stay handgrad's
+    from torch.nn import *  # type: ignore[assignment, no-redef]  # noqa: E402, F403

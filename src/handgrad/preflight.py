@@ -2,8 +2,8 @@
 before anything is written (handgrad.errors.ConfigError: the file or value, what is wrong, the fix).
 
     check_resume       the checkpoint to resume from: readable, a handgrad training checkpoint, of this
-                       vocabulary (a language model's) and network, and of data settings that keep its
-                       place in the epoch (--restart_epoch)
+                       vocabulary (a language model's), network and optimiser, and of data settings that
+                       keep its place in the epoch (--restart_epoch)
     check_run_folder   the run's folder and its checkpoints/ can be written
     check_settings     numbers that are not finite (YAML's .nan, .inf), a run that would train nothing
 
@@ -39,6 +39,7 @@ def check_resume(path: str, model: torch.nn.Module, data_settings: dict[str, Any
     check_data_settings(path, checkpoint, data_settings, restart_epoch, keys=("dataset",))
     check_vocabulary(path, checkpoint, model)
     check_network(path, checkpoint, model)
+    check_optimizer(path, checkpoint, model)
     check_data_settings(path, checkpoint, data_settings, restart_epoch, keys=ORDER + PLACE)
 
 
@@ -103,6 +104,17 @@ def check_network(path: str, checkpoint: dict[str, Any], model: torch.nn.Module)
         what += f" (its model.net sizes {sizes}, this run's {here})"
     raise ConfigError(f"--ckpt_path {path} holds another network: {what}; pass the model settings it was trained "
                       "with (the config.yaml of its run), or start afresh without --ckpt_path")
+
+
+def check_optimizer(path: str, checkpoint: dict[str, Any], model: torch.nn.Module) -> None:
+    """Refuse a checkpoint of another optimiser: its state (SGD's momentum buffers, Adam's averages) does not
+    fit this run's (a checkpoint saved without the setting was trained with SGD, then the only one)."""
+    theirs = str(checkpoint.get("hyper_parameters", {}).get("optimizer", "sgd")).lower()
+    ours = str(getattr(model, "hparams", {}).get("optimizer", "sgd")).lower()
+    if theirs != ours:
+        raise ConfigError(f"--ckpt_path {path} was trained with model.optimizer={theirs!r}; this run has "
+                          f"model.optimizer={ours!r}, whose state differs; pass --model.optimizer {theirs}, or start "
+                          "afresh without --ckpt_path")
 
 
 def check_data_settings(path: str, checkpoint: dict[str, Any], ours: dict[str, Any], restart_epoch: bool,

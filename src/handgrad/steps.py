@@ -7,8 +7,9 @@ paths; the first chunk of a fit logs which (``Classifier(fused=...)`` chooses):
                autocast (``fused_steps``): F.mlp_loss_and_grads computes loss and gradients with
                the very code of the whole-network Function's forward and backward, called
                directly (no graph, no autograd engine, no .grad accumulation), and SGD's update
-               runs as a few foreach ops (``sgd_update``). For nielsen_ch1 at batch 10 a step then
-               takes about 0.4x the time of its torch.nn twin's autograd step (README, Performance).
+               runs as a few foreach ops (``sgd_update``; any other optimiser takes its own step()).
+               For nielsen_ch1 at batch 10 a step then takes about 0.4x the time of its torch.nn
+               twin's autograd step (README, Performance).
     autograd   every other network (``autograd_steps``): its per-layer Functions,
                loss.backward() and optimizer.step().
     sharded    on several processes (Lightning's DDP, ``sharded_steps``): the autograd path on this

@@ -14,6 +14,10 @@ Row groups:
   3. End to end (handgrad.benchmarks.end_to_end, CPU): nielsen_ch1 epochs through Lightning, as
      handgrad-train runs them, against the plain PyTorch loop and steps.bare_epoch. Needs MNIST.
   4. With CUDA: groups 1 and 2 on the GPU, in fp32 and under bf16 autocast.
+  5. Layers and optimisers (CPU, one thread, thread CPU time): attention forward + backward and its bytes
+     saved for backward over T (handgrad.benchmarks.attention), LSTM and GRU over a sequence
+     (handgrad.benchmarks.recurrent), an Adam / AdamW step (handgrad.benchmarks.optimizers). Each module
+     also runs alone: ``python -m handgrad.benchmarks.attention`` and so on.
 
 Method (handgrad.benchmarks.timing): a row's contenders live in one process and take turns within every
 repeat (the order rotates), so a burst of load on a shared machine hits them alike. A repeat times a
@@ -41,10 +45,43 @@ from pathlib import Path
 
 import torch
 
+from handgrad.benchmarks import attention, optimizers, recurrent
 from handgrad.benchmarks.breakdown import breakdown
 from handgrad.benchmarks.end_to_end import end_to_end_markdown, end_to_end_rows
 from handgrad.benchmarks.step_time import markdown, step_time_rows
 from handgrad.benchmarks.timing import CLOCKS
+
+GROUPS = ("steps", "end_to_end", "attention", "recurrent", "optimizers")
+
+
+def layer_rows(groups: list[str], quick: bool) -> dict[str, list[dict]]:
+    """Row group 5, each module's rows at its own defaults (fewer repeats with --quick), on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows: dict[str, list[dict]] = {}
+    if "attention" in groups:
+        rows["attention"] = attention.attention_rows(repeats=5 if quick else 40)
+        rows["attention_memory"] = attention.saved_bytes_rows((64, 128) if quick else (64, 128, 256, 512, 1024))
+    if "recurrent" in groups:
+        rows["recurrent"] = recurrent.recurrent_rows(repeats=3 if quick else 30)
+    if "optimizers" in groups:
+        rows["optimizers"] = optimizers.optimizer_rows(repeats=50 if quick else 2000)
+    torch.set_num_threads(threads)
+    return rows
+
+
+def layer_markdown(rows: dict[str, list[dict]]) -> str:
+    parts = []
+    if "attention" in rows:
+        parts.append("Attention, forward + backward (float32, batch 4, 4 heads, head dim 32):\n\n"
+                     + attention.markdown(rows["attention"], rows["attention_memory"]))
+    if "recurrent" in rows:
+        parts.append("Recurrent layers over a sequence (forward + backward of one layer):\n\n"
+                     + recurrent.markdown(rows["recurrent"]))
+    if "optimizers" in rows:
+        parts.append("Optimiser step on the 784-256-256-10 MLP's parameters:\n\n"
+                     + optimizers.markdown(rows["optimizers"]))
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="JSON file name under logs/benchmarks/ (default: a timestamp)")
     parser.add_argument("--out-dir", type=Path, default=Path("logs/benchmarks"),
                         help="where the JSON goes (default: logs/benchmarks, under the current folder)")
-    parser.add_argument("--groups", nargs="*", choices=("steps", "end_to_end"), default=["steps", "end_to_end"],
-                        help="steps: row groups 1, 2 (and 4 on CUDA); end_to_end: row group 3 (needs MNIST)")
+    parser.add_argument("--groups", nargs="*", choices=GROUPS, default=list(GROUPS),
+                        help="steps: row groups 1, 2 (and 4 on CUDA); end_to_end: row group 3 (needs MNIST); "
+                             "attention, recurrent, optimizers: row group 5")
     parser.add_argument("--data-root", default="data",
                         help="row group 3: the folder holding MNIST/raw/ (on the dev machine: ../shared/data)")
     parser.add_argument("--e2e-repeats", type=int, default=5, help="row group 3: repeats (median reported)")
@@ -87,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         results += step_time_rows(device, autocast=True, args=args)
     end_to_end = end_to_end_rows(args) if "end_to_end" in args.groups and device.type == "cpu" else []
     parts = breakdown(args) if args.breakdown else []
+    layers = layer_rows(args.groups, args.quick) if device.type == "cpu" else {}
 
     if results:
         print(markdown(results))
@@ -94,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + end_to_end_markdown(end_to_end))
     for part in parts:
         print(f"- {part['part']} ({part['threads']} threads): {part['step_us']:.1f} us")
+    if layers:
+        print("\n" + layer_markdown(layers))
 
     meta = dict(torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
                 cpu_count=os.cpu_count(), threads=torch.get_num_threads(), device=str(device),
@@ -101,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 time=datetime.now().isoformat(timespec="seconds"), args={**vars(args), "out_dir": str(args.out_dir)})
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"{args.name or datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(dict(meta=meta, step_rows=results, end_to_end_rows=end_to_end, breakdown=parts),
+    path.write_text(json.dumps(dict(meta=meta, step_rows=results, end_to_end_rows=end_to_end, breakdown=parts,
+                                          layer_rows=layers),
                                indent=1))
     print(f"\nsaved {path}", file=sys.stderr)
     return 0

@@ -2,9 +2,18 @@
 
 Every wrapper has the name, signature and semantics of its torch.nn.functional namesake,
 and every backward is derived by hand in the Function's docstring.
+
+Every other public name of torch.nn.functional is torch's own function (``handgrad.functional.pad is
+torch.nn.functional.pad``), so that ``import handgrad.functional as F`` can replace
+``import torch.nn.functional as F`` (handgrad.drop_in). ``HAND_WRITTEN`` lists handgrad's functions.
 """
 
-from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, tanh
+from typing import TYPE_CHECKING
+
+import torch.nn.functional
+
+from handgrad import drop_in
+from handgrad.functional.activations import gelu, leaky_relu, relu, sigmoid, softplus, tanh
 from handgrad.functional.attention import scaled_dot_product_attention
 from handgrad.functional.avg_pool import avg_pool2d
 from handgrad.functional.batch_norm import batch_norm
@@ -62,6 +71,7 @@ __all__ = [
     "sigmoid",
     "smooth_l1_loss",
     "softmax",
+    "softplus",
     "tanh",
     # recurrent layers (rnn.py, lstm.py, gru.py over recurrent.py and recurrent_stack.py)
     "gru",
@@ -75,3 +85,11 @@ __all__ = [
 ]
 
 __all__ += ["embedding", "gelu", "scaled_dot_product_attention"]
+
+HAND_WRITTEN = frozenset(__all__)  # every other public name of torch.nn.functional is torch's
+__all__ += drop_in.from_torch(torch.nn.functional, HAND_WRITTEN)
+
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = drop_in.namespace(__name__, torch.nn.functional, HAND_WRITTEN)
+else:  # type checkers read torch.nn.functional's other names here; the functions above stay handgrad's
+    from torch.nn.functional import *  # type: ignore[assignment]  # noqa: E402, F403

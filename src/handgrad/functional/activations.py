@@ -1,4 +1,4 @@
-"""Elementwise activations: sigmoid, tanh, relu, leaky_relu (softmax and log_softmax: softmax.py).
+"""Elementwise activations: sigmoid, tanh, relu, leaky_relu, gelu, softplus (softmax and log_softmax: softmax.py).
 
 Each derivative is written from the forward's *output* y where it is a function of it (sigmoid,
 tanh, relu): y is a differentiable output of the node, so differentiating the backward again (double
@@ -301,3 +301,70 @@ def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate={approximate!r} must be 'none' (the exact erf form) or 'tanh'")
     return GELU.call(input, approximate)
+
+
+# --------------------------------------------------------------------------- softplus
+
+
+@twinned
+class Softplus(TwinnedFunction):
+    """y = (1 / beta) log(1 + e^(beta x)), and y = x where beta x > threshold     x (*)  ->  y (*)
+
+    With z = beta x, in a form that never overflows (e^z does for z > 88 in float32; e^-|z| lies in (0, 1]):
+        log(1 + e^z) = max(z, 0) + log1p(e^-|z|)
+        y = x                                       where z > threshold (torch's switch to the identity)
+          = (max(z, 0) + log1p(e^-|z|)) / beta      elsewhere
+    (torch's kernel computes log1p(e^z): inf, with a nan gradient, where 88 < z <= threshold in float32 when
+    threshold is set above 88; here y and dy/dx are x and 1 there, their limits.)
+    dy/dx = e^z / (1 + e^z) = sigma(z)             (the 1 / beta and dz/dx = beta cancel); 1 past the threshold
+    grad_x = grad_y * sigma(beta x), grad_y past the threshold        (saves the input x, as torch does)
+    t_y    = t_x * sigma(beta x), t_x past the threshold              (jvp: the same diagonal Jacobian)
+
+    The second derivative, d^2y/dx^2 = beta sigma(z) (1 - sigma(z)) (0 past the threshold), is hand-written
+    too, with no code of its own: the backward takes sigma from handgrad's Sigmoid Function, so a double
+    backward differentiates grad_x through Sigmoid's backward, y (1 - y), times beta from z = beta x (torch's
+    sigmoid would bring in aten's sigmoid_backward, a derivative torch wrote). Past the threshold grad_x is
+    grad_y itself: torch.where sends nothing to the sigma branch there.
+    bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does.
+    """
+
+    autocast = {"cpu": Autocast.INPUT_DTYPE, "cuda": Autocast.FLOAT32}  # as torch's (CUDA autocast: float32)
+
+    @staticmethod
+    def forward(input, beta, threshold):
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
+        z = x * beta
+        log1p_exp_z = z.clamp(min=0) + torch.log1p(torch.exp(-z.abs()))  # log(1 + e^z), stable
+        return torch.where(z > threshold, x, log1p_exp_z / beta).to(input.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.beta, ctx.threshold = inputs
+        ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return softplus_derivative_times(grad_output, x, ctx.beta, ctx.threshold), None, None
+
+    @staticmethod
+    def jvp(ctx, t_input, _t_beta, _t_threshold):
+        (x,) = ctx.saved_tensors
+        return softplus_derivative_times(t_input, x, ctx.beta, ctx.threshold)
+
+
+def softplus_derivative_times(grad: torch.Tensor, input: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    """grad * dy/dx of Softplus (its docstring): grad * sigma(beta x), grad itself where beta x > threshold;
+    sigma by handgrad's Sigmoid, so that the product's own derivative is hand-written too."""
+    x = input.to(torch.promote_types(input.dtype, torch.float32))
+    z = x * beta
+    return torch.where(z > threshold, grad, grad * Sigmoid.call(z)).to(input.dtype)
+
+
+def softplus(input: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
+    """Hand-written twin of torch.nn.functional.softplus."""
+    if not input.is_floating_point():
+        raise TypeError(f"softplus: input of dtype {input.dtype} is not a floating-point tensor; pass e.g. "
+                        "input.float()")
+    return Softplus.call(input, beta, threshold)

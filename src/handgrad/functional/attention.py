@@ -252,7 +252,7 @@ def tile_mask(attn_mask: torch.Tensor, L: int, S: int) -> torch.Tensor:
                          f"broadcast to (..., L, S) = (..., {L}, {S})") from None
 
 
-def check_broadcast(query, key, value, mask) -> None:
+def check_broadcast(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> None:
     """The leading dims of query, key, value (and the mask) must broadcast together."""
     shapes = [t.shape[:-2] for t in (query, key, value, mask) if t is not None]
     try:
@@ -263,7 +263,8 @@ def check_broadcast(query, key, value, mask) -> None:
                          "query heads pass enable_gqa=True") from None
 
 
-def check_arguments(query, key, value, attn_mask, dropout_p, is_causal) -> tuple[int, int, int]:
+def check_arguments(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None,
+                    dropout_p: float, is_causal: bool) -> tuple[int, int, int]:
     """(L, S, E), or an error that names the value and the fix."""
     name = "scaled_dot_product_attention"
     if min(query.dim(), key.dim(), value.dim()) < 2:

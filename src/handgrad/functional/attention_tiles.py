@@ -141,7 +141,8 @@ def dropout_multipliers(seed: int, p: float, batch: torch.Size, n_queries: int, 
 # --------------------------------------------------------------------------- grouped-query attention
 
 
-def grouped_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None):
+def grouped_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
     """enable_gqa: query (..., Hq, L, E) against key and value (..., Hkv, S, *), query head h using key / value
     head h // (Hq / Hkv). Returned as views, query (..., Hkv, G, L, E) against key (..., Hkv, 1, S, E) with
     G = Hq / Hkv, so the products broadcast over a group's G query heads and backward sums their key and

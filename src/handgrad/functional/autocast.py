@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ def autocast_group(declared: Autocast | dict[str, Autocast], device_type: str) -
 autocast_on_any_device = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
-def with_casts(apply: Callable, declared: Autocast | dict[str, Autocast], args: tuple):
+def with_casts(apply: Callable[..., Any], declared: Autocast | dict[str, Autocast], args: tuple) -> Any:
     """``apply(*args)`` as autocast would run the op, for the device of the first argument (every handgrad
     Function takes its main input first):
 
@@ -84,7 +85,7 @@ def cast_floating(args: tuple, dtype: torch.dtype) -> list:
             for arg in args]
 
 
-def without_autocast(device_type: str, fn, *args):
+def without_autocast(device_type: str, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` with autocast off for ``device_type``, as under ``torch.autocast(device_type,
     enabled=False)``, whose argument checks cost ~3 us an entry: this costs ~0.5 us. Only called
     where autocast is on, so it is switched back on afterwards."""
@@ -98,6 +99,7 @@ def without_autocast(device_type: str, fn, *args):
         torch.set_autocast_enabled(device_type, True)
 
 
-def first_cast(output, dtype: torch.dtype):
+def first_cast(output: torch.Tensor | tuple[torch.Tensor, ...], dtype: torch.dtype
+               ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``output`` with its (first) tensor cast to ``dtype``; further outputs (such as statistics) kept."""
     return (output[0].to(dtype), *output[1:]) if isinstance(output, tuple) else output.to(dtype)

@@ -72,7 +72,8 @@ class AvgPool2d(TwinnedFunction):
         return average_pooled(t_input, ctx.window, ctx.count_include_pad, ctx.divisor_override)
 
 
-def window_counts(in_size: int, out_size: int, kernel: int, stride: int, padding: int, count_include_pad: bool):
+def window_counts(in_size: int, out_size: int, kernel: int, stride: int, padding: int,
+                  count_include_pad: bool) -> torch.Tensor:
     """How many elements each of the ``out_size`` windows along one axis averages (torch's divisor).
 
     Window t covers rows [t*s - p, t*s - p + k) clipped to the padded input [-p, in_size + p), or to the
@@ -86,7 +87,8 @@ def window_counts(in_size: int, out_size: int, kernel: int, stride: int, padding
     return end - start
 
 
-def spread_over_windows(share: torch.Tensor, kernel, stride, in_place: bool) -> torch.Tensor:
+def spread_over_windows(share: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                        in_place: bool) -> torch.Tensor:
     """A^T share: each window's share added to each of its positions, on the frame the windows tile,
     (H_out - 1) s + kH rows by (W_out - 1) s + kW columns (the window offset (i, j) of window (h, w) lands
     on row s*h + i, column s*w + j).
@@ -107,13 +109,15 @@ def spread_over_windows(share: torch.Tensor, kernel, stride, in_place: bool) -> 
     return torch_F.fold(columns.reshape(n, c * k_h * k_w, out_h * out_w), frame, kernel, stride=stride)
 
 
-def avg_pool(input, window: Window, count_include_pad: bool, divisor_override: int | None) -> torch.Tensor:
+def avg_pool(input: torch.Tensor, window: Window, count_include_pad: bool,
+             divisor_override: int | None) -> torch.Tensor:
     """torch's avg_pool2d kernel, the forward's values."""
     w = window
     return torch_F.avg_pool2d(input, w.kernel, w.stride, w.padding, w.ceil_mode, count_include_pad, divisor_override)
 
 
-def average_pooled(input, window: Window, count_include_pad: bool, divisor_override: int | None) -> torch.Tensor:
+def average_pooled(input: torch.Tensor, window: Window, count_include_pad: bool,
+                   divisor_override: int | None) -> torch.Tensor:
     """avg_pool2d through AvgPool2d while what runs may be differentiated (padding.recording), else torch's kernel."""
     if recording():
         return AvgPool2d.call(input, window, count_include_pad, divisor_override)
@@ -121,7 +125,8 @@ def average_pooled(input, window: Window, count_include_pad: bool, divisor_overr
 
 
 def avg_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-               ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
+               ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None
+               ) -> torch.Tensor:
     """Hand-written twin of torch.nn.functional.avg_pool2d (stride defaults to kernel_size)."""
     window = pool_window("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
     if divisor_override is not None and (not isinstance(divisor_override, int) or isinstance(divisor_override, bool)

@@ -180,7 +180,9 @@ def forward_tangents(t_input: torch.Tensor | None, t_params: Sequence[Any], a: S
     return tangents
 
 
-def save_layers(ctx, input, params, hidden, y, needs_x: bool, needs_params: Sequence[bool], *extra) -> None:
+def save_layers(ctx: Any, input: torch.Tensor, params: Sequence[torch.Tensor | None], hidden: Sequence[torch.Tensor],
+                y: torch.Tensor | None, needs_x: bool, needs_params: Sequence[bool],
+                *extra: torch.Tensor | None) -> None:
     """Save x, W_1 .. W_L, a_1 .. a_L and ``extra``: what ``backpropagate`` reads (None where nothing does),
     and, where a jvp may run, every one of them for ``forward_tangents`` too (rule R5)."""
     first_weight, *weights = params[0::2]
@@ -193,7 +195,7 @@ def save_layers(ctx, input, params, hidden, y, needs_x: bool, needs_params: Sequ
         ctx.save_for_forward(*saved)
 
 
-def saved_layers(ctx) -> tuple[list, list, list]:
+def saved_layers(ctx: Any) -> tuple[list, list, list]:
     """What ``save_layers`` stored: ([x, a_1, .., a_L], [W_1, .., W_L], extra)."""
     L = ctx.num_layers
     x, *saved = ctx.saved_tensors

@@ -13,6 +13,9 @@ Reference: Ioffe & Szegedy, "Batch Normalization" (ICML 2015), section 3; torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch._C import _functorch as functorch
 
@@ -272,7 +275,7 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, 
         running_var.mul_(1 - momentum).add_(var * (count / (count - 1)), alpha=momentum)  # unbiased
 
 
-def below_differentiating_levels(update, *args) -> None:
+def below_differentiating_levels(update: Callable[..., object], *args: Any) -> None:
     """``update(*args)`` below the torch.func levels that differentiate (grad, vjp, jvp) at the top of the
     stack, on the values they wrap: those levels refuse an in-place update of a tensor captured from outside
     them (the buffers: "would mutate a captured Tensor"), while torch's batch_norm kernel updates its buffers
@@ -290,7 +293,7 @@ def below_differentiating_levels(update, *args) -> None:
             functorch.push_dynamic_layer_stack(popped.pop())
 
 
-def unwrapped(value, level: int):
+def unwrapped(value: Any, level: int) -> Any:
     """``value`` without its wrapper of the torch.func ``level`` (the value itself where it has none)."""
     if isinstance(value, torch.Tensor) and functorch.is_gradtrackingtensor(value) \
             and functorch.maybe_get_level(value) == level:
@@ -298,7 +301,9 @@ def unwrapped(value, level: int):
     return value
 
 
-def _check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> int:
+def _check_batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                      weight: torch.Tensor | None, bias: torch.Tensor | None, training: bool, momentum: float | None,
+                      eps: float) -> int:
     """batch_norm's arguments, as torch checks them, with messages that name the fix; returns C."""
     if not input.is_floating_point():
         raise TypeError(f"batch_norm: input of dtype {input.dtype} is not floating point; convert it, e.g. "

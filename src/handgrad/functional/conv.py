@@ -15,6 +15,7 @@ CS231n "conv_forward_naive / conv_backward_naive"; torch.nn.functional.conv2d, c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -153,7 +154,8 @@ def empty_gradients(ctx, input, weight, grad_output):
 # --------------------------------------------------------------------------- the convolutions a backward runs
 
 
-def convolution(input, weight, bias, geometry: ConvGeometry):
+def convolution(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
+                ) -> torch.Tensor:
     """conv2d through Conv2d while what runs may be differentiated (padding.recording), else torch's kernel."""
     if recording():
         return Conv2d.call(input, weight, bias, geometry)
@@ -161,14 +163,14 @@ def convolution(input, weight, bias, geometry: ConvGeometry):
     return torch_F.conv2d(input, weight, bias, g.stride, g.padding, g.dilation, g.groups)
 
 
-def transposed(input, weight, geometry: ConvGeometry):
+def transposed(input: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     """conv_transpose2d through ConvTranspose2d while what runs may be differentiated, else torch's kernel."""
     if recording():
         return ConvTranspose2d.call(input, weight, geometry)
     return transposed_kernel(input, weight, geometry)
 
 
-def transposed_kernel(input, weight, geometry: ConvGeometry):
+def transposed_kernel(input: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     g = geometry
     return torch_F.conv_transpose2d(input, weight, None, g.stride, g.padding, g.output_padding, g.groups, g.dilation)
 
@@ -178,17 +180,19 @@ def conj(t: torch.Tensor) -> torch.Tensor:
     return t.conj() if t.is_complex() else t
 
 
-def transposed_convolution(grad_output, weight, size, geometry: ConvGeometry):
+def transposed_convolution(grad_output: torch.Tensor, weight: torch.Tensor, size: Sequence[int],
+                           geometry: ConvGeometry) -> torch.Tensor:
     """conv_transpose2d of grad_y back to conv2d's input of spatial ``size`` (H, W): output_padding gives
     back the rows and columns the forward's floor division dropped at the bottom and right, where the
     transposed convolution rebuilds only (H_out - 1) s + d (kH - 1) + 1 - 2p of them."""
     s, p, d = geometry.stride, geometry.padding, geometry.dilation
-    extra = tuple(size[a] + 2 * p[a] - ((grad_output.shape[2 + a] - 1) * s[a] + d[a] * (weight.shape[2 + a] - 1) + 1)
-                  for a in (0, 1))
-    return transposed(grad_output, weight, replace(geometry, output_padding=extra))
+    extra_h, extra_w = (size[a] + 2 * p[a] - ((grad_output.shape[2 + a] - 1) * s[a] + d[a] * (weight.shape[2 + a] - 1)
+                                              + 1) for a in (0, 1))
+    return transposed(grad_output, weight, replace(geometry, output_padding=(extra_h, extra_w)))
 
 
-def weight_gradient(input, grad_output, weight_shape, geometry: ConvGeometry):
+def weight_gradient(input: torch.Tensor, grad_output: torch.Tensor, weight_shape: Sequence[int],
+                    geometry: ConvGeometry) -> torch.Tensor:
     """grad_W[o, c, i, j] = sum_{n,h,w} grad_y[n, o, h, w] x_pad[n, c, s*h + d*i, s*w + d*j]   (C_out, C_in / g, kH, kW)
 
     bilinear in (x, grad_y), and itself a convolution: of x's channels of one group (as the batch) with
@@ -236,7 +240,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return Conv2d.call(input, weight, bias, ConvGeometry(strides, paddings, dilations, groups))
 
 
-def _string_padding(padding: str, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]):
+def _string_padding(padding: str, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+                    ) -> tuple[tuple[int, int], tuple[int, int]]:
     """padding='valid' or 'same' as (symmetric padding, extra rows and columns at the bottom and right)."""
     if padding == "valid":
         return (0, 0), (0, 0)
@@ -249,7 +254,7 @@ def _string_padding(padding: str, kernel: tuple[int, int], stride: tuple[int, in
     return (totals[0] // 2, totals[1] // 2), (totals[0] % 2, totals[1] % 2)
 
 
-def _check_tensors(input, weight, bias) -> None:
+def _check_tensors(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Tensors of one dtype (autocast casts them to one) and device, of the dims conv2d takes."""
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor) and not (name == "bias" and t is None):
@@ -269,7 +274,8 @@ def _check_tensors(input, weight, bias) -> None:
                          + ", ".join(str(t.device) for t in tensors))
 
 
-def _check_shapes(input, weight, bias, padding, dilation, groups) -> None:
+def _check_shapes(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int],
+                  dilation: tuple[int, int], groups: int) -> None:
     """Channels that split into ``groups``, a bias per output channel, a kernel that fits the padded input."""
     n, c_in, height, width = input.shape
     c_out, kernel = weight.shape[0], (weight.shape[2], weight.shape[3])

@@ -8,14 +8,16 @@ torch.nn.GRU's equations (gate order r, z, n); CS231n rnn_layers.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from handgrad.functional import recurrent, recurrent_stack
 from handgrad.functional.function import Autocast, TwinnedFunction, twinned
-from handgrad.functional.recurrent import Cell, Weights, earlier, projected, steps, tangent_sum
+from handgrad.functional.recurrent import Cell, MaybeTensors, States, Weights, earlier, projected, steps, tangent_sum
 
 
-def forward_direction(x, states0, w: Weights, reverse: bool):
+def forward_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool) -> tuple:
     """One direction over the sequence; x (T, N, H_in), h0 (N, H). Returns the T hidden states in time
     order, the final (h,), and the extras (gates [r, z, n] (T, N, 3H), W_hn h + b_hn (T, N, H))."""
     (h,) = states0
@@ -32,8 +34,9 @@ def forward_direction(x, states0, w: Weights, reverse: bool):
     return hs, (h,), (torch.stack(gates), torch.stack(hns))
 
 
-def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, grad_h_all, grad_finals, grad_extras,
-                       needs_w: Weights, needs_x: bool):
+def backward_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, h_all: torch.Tensor,
+                       extras: States, grad_h_all: torch.Tensor | None, grad_finals: MaybeTensors,
+                       grad_extras: MaybeTensors, needs_w: Weights, needs_x: bool) -> tuple:
     """The direction's backward (GRU's docstring has the derivation)."""
     (h0,) = states0
     gates, hn = extras  # (T, N, 3H), (T, N, H)
@@ -82,7 +85,8 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
     return grad_x, (grad_h0,), Weights(grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
 
 
-def jvp_direction(x, states0, w: Weights, reverse: bool, h_all, extras, t_x, t_states0, t_w: Weights):
+def jvp_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, h_all: torch.Tensor, extras: States,
+                  t_x: torch.Tensor | None, t_states0: MaybeTensors, t_w: Weights) -> tuple:
     """The direction's forward-mode derivative, a sweep in step order (None tangents are zero):
     t_gx = t_x W_ih^T + x t_W_ih^T + t_b_ih,  t_gh = t_h_{t-1} W_hh^T + h_{t-1} t_W_hh^T + t_b_hh,
     t_r = r(1-r) (t_gx_r + t_gh_r),  t_z = z(1-z) (t_gx_z + t_gh_z),  t_n = (1-n^2) (t_gx_n + t_r gh_n + r t_gh_n),
@@ -161,14 +165,16 @@ class GRU(TwinnedFunction):
         return recurrent_stack.jvp(GRU_CELL, ctx, tangents)
 
 
-def gru(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=True, bidirectional=False,
-        batch_first=False):
+def gru(input: torch.Tensor, hx: torch.Tensor, params: Sequence[torch.Tensor | None], has_biases: bool = True,
+        num_layers: int = 1, dropout: float = 0.0, train: bool = True, bidirectional: bool = False,
+        batch_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-written twin of torch.gru (what torch.nn.GRU calls): (output, h_n); params in torch.nn.GRU's
     ``_flat_weights`` order; also takes unbatched (T, H_in) input with (L * D, H) states."""
     return recurrent.call_stack(GRU, GRU_CELL, input, (hx,), params, has_biases, num_layers, dropout, train,
                                 bidirectional, batch_first)
 
 
-def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+def gru_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+             b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written twin of torch.gru_cell: one GRU step, h' for input (N, H_in) or (H_in,)."""
     return recurrent.call_cell(GRU, GRU_CELL, input, (hx,), w_ih, w_hh, b_ih, b_hh)

@@ -7,15 +7,27 @@ Reference: Hochreiter & Schmidhuber, "Long Short-Term Memory" (1997); torch.nn.L
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from handgrad.functional import recurrent, recurrent_stack
 from handgrad.functional.activations import tanh
 from handgrad.functional.function import Autocast, TwinnedFunction, twinned
-from handgrad.functional.recurrent import Cell, Weights, earlier, plus, projected, steps, tangent_sum
+from handgrad.functional.recurrent import (
+    Cell,
+    MaybeTensors,
+    States,
+    Weights,
+    earlier,
+    plus,
+    projected,
+    steps,
+    tangent_sum,
+)
 
 
-def forward_direction(x, states0, w: Weights, reverse: bool):
+def forward_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool) -> tuple:
     """One direction over the sequence; x (T, N, H_in), h0 (N, P), c0 (N, H).
     Returns the T hidden states in time order, the final (h, c), and the extras (c_all, gates)."""
     h, c = states0
@@ -36,8 +48,9 @@ def forward_direction(x, states0, w: Weights, reverse: bool):
     return hs, (h, c), (torch.stack(cs), torch.stack(gates))
 
 
-def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, grad_h_all, grad_finals, grad_extras,
-                       needs_w: Weights, needs_x: bool):
+def backward_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, h_all: torch.Tensor,
+                       extras: States, grad_h_all: torch.Tensor | None, grad_finals: MaybeTensors,
+                       grad_extras: MaybeTensors, needs_w: Weights, needs_x: bool) -> tuple:
     """The direction's backward (LSTM's docstring has the derivation). Returns grad_x, (grad_h0, grad_c0) and
     the weights' gradients."""
     h0, c0 = states0
@@ -86,7 +99,8 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
                                          grad_w_hr)
 
 
-def jvp_direction(x, states0, w: Weights, reverse: bool, h_all, extras, t_x, t_states0, t_w: Weights):
+def jvp_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, h_all: torch.Tensor, extras: States,
+                  t_x: torch.Tensor | None, t_states0: MaybeTensors, t_w: Weights) -> tuple:
     """The direction's forward-mode derivative, a sweep in step order (None tangents are zero):
     t_a = t_x W_ih^T + x t_W_ih^T + t_h_{t-1} W_hh^T + h_{t-1} t_W_hh^T + t_b,  [t_i, t_f, t_g, t_o] = act' * t_a,
     t_c = t_f c_{t-1} + f t_c_{t-1} + t_i g + i t_g,  t_m = t_o tanh(c) + o (1 - tanh^2(c)) t_c,
@@ -166,8 +180,9 @@ class LSTM(TwinnedFunction):
         return recurrent_stack.jvp(LSTM_CELL, ctx, tangents)
 
 
-def lstm(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=True, bidirectional=False,
-         batch_first=False):
+def lstm(input: torch.Tensor, hx: Sequence[torch.Tensor], params: Sequence[torch.Tensor | None],
+         has_biases: bool = True, num_layers: int = 1, dropout: float = 0.0, train: bool = True,
+         bidirectional: bool = False, batch_first: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hand-written twin of torch.lstm (what torch.nn.LSTM calls): (output, h_n, c_n) for hx = (h_0, c_0)
     and params in torch.nn.LSTM's ``_flat_weights`` order; also takes unbatched (T, H_in) input with
     (L * D, .) states, as torch.nn.LSTM does. proj_size is read off the parameters (a W_hr each)."""
@@ -175,6 +190,7 @@ def lstm(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=Tr
                                 bidirectional, batch_first)
 
 
-def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+def lstm_cell(input: torch.Tensor, hx: Sequence[torch.Tensor], w_ih: torch.Tensor, w_hh: torch.Tensor,
+              b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-written twin of torch.lstm_cell: one step, (h', c') for hx = (h, c); input (N, H_in) or (H_in,)."""
     return recurrent.call_cell(LSTM, LSTM_CELL, input, tuple(hx), w_ih, w_hh, b_ih, b_hh)

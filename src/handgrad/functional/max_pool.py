@@ -11,6 +11,8 @@ Reference: CS231n "max_pool_forward_naive / max_pool_backward_naive"; torch.nn.f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as torch_F
 
@@ -77,7 +79,7 @@ class MaxPool2d(TwinnedFunction):
         return at_winners(t_input, indices), None
 
 
-def max_pool_with_indices(input, window: Window):
+def max_pool_with_indices(input: torch.Tensor, window: Window) -> tuple[torch.Tensor, torch.Tensor]:
     """Each window's maximum and the flat index into H * W of its winner: by max_pool_windows on CPU when
     the windows lie inside the input, else by torch's kernel (see MaxPool2d)."""
     w = window
@@ -96,7 +98,8 @@ def windows_disjoint(window: Window) -> bool:
     return all(s >= d * (k - 1) + 1 for k, s, d in zip(window.kernel, window.stride, window.dilation, strict=True))
 
 
-def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tensor:
+def to_winners(grad_output: torch.Tensor, indices: torch.Tensor, input_shape: Sequence[int],
+               disjoint: bool) -> torch.Tensor:
     """grad_x[n, c].flat[idx[n, c, h, w]] += grad_y[n, c, h, w]: each window's gradient to its winner.
     Into a new zeros tensor in place where may_overwrite allows, out of place otherwise (create_graph, vmap)."""
     n, c, height, width = input_shape
@@ -113,7 +116,7 @@ def to_winners(grad_output, indices, input_shape, disjoint: bool) -> torch.Tenso
     return zeros.view(n, c, height, width)
 
 
-def at_winners(t_input, indices) -> torch.Tensor:
+def at_winners(t_input: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """t_y[n, c, h, w] = t_x[n, c].flat[idx[n, c, h, w]]: the tangent of each window's winner."""
     n, c, out_h, out_w = indices.shape
     flat_input = t_input.reshape(n, c, t_input.shape[2] * t_input.shape[3])
@@ -168,7 +171,8 @@ def max_pool_windows(input, kernel, stride, dilation, out_size):
 
 
 def max_pool2d(input: torch.Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-               dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False):
+               dilation: IntPair = 1, ceil_mode: bool = False, return_indices: bool = False
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Hand-written twin of torch.nn.functional.max_pool2d (stride defaults to kernel_size)."""
     window = pool_window("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
     if input.dim() == 3:  # a single image (C, H, W) is a batch of one

@@ -206,8 +206,9 @@ def mlp_loss_and_grads(input: torch.Tensor, target: torch.Tensor, weights: Seque
 # --------------------------------------------------------------------------- argument checks
 
 
-def _check_mlp_loss_args(name, input, target, weights, biases, activation, output_activation, loss, reduction,
-                         negative_slope) -> tuple[Activations, torch.Tensor]:
+def _check_mlp_loss_args(name: str, input: torch.Tensor, target: torch.Tensor, weights: Sequence[torch.Tensor],
+                         biases: Sequence[torch.Tensor | None], activation: str | None, output_activation: str | None,
+                         loss: str, reduction: str, negative_slope: float) -> tuple[Activations, torch.Tensor]:
     """The checks of ``mlp_loss``: (its Activations, the target as int64 indices for cross-entropy)."""
     activations = checked_activations(name, activation, output_activation, negative_slope)
     check_layers(name, input, weights, biases)

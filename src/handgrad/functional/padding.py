@@ -10,6 +10,8 @@ Reference: torch.nn.functional.pad; torch.nn.Conv2d (its padding_mode).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as torch_F
 
@@ -63,7 +65,7 @@ class Pad2d(TwinnedFunction):
         return pad2d_unchecked(t_input, tuple(ctx.pad), ctx.mode)
 
 
-def source_index(size: int, before: int, after: int, mode: str, device) -> torch.Tensor:
+def source_index(size: int, before: int, after: int, mode: str, device: torch.device) -> torch.Tensor:
     """Where each of the before + size + after positions along an axis of the padded image copies from:
     position i (counted from the first original element, so -before <= i < size + after) reads
 
@@ -92,7 +94,7 @@ def pad2d_unchecked(input: torch.Tensor, pad: tuple[int, int, int, int], mode: s
     return Pad2d.call(input, *pad, mode) if recording() else torch_F.pad(input, pad, mode)
 
 
-def pad2d(input: torch.Tensor, pad, mode: str = "constant") -> torch.Tensor:
+def pad2d(input: torch.Tensor, pad: Sequence[int], mode: str = "constant") -> torch.Tensor:
     """torch.nn.functional.pad's two-axis padding of (N, C, H, W) or (C, H, W) images by pad = (left, right,
     top, bottom), with zeros or with the image's own pixels ('reflect', 'replicate', 'circular'), as
     torch.nn.Conv2d pads for its padding_mode; the gradient is hand-written (Pad2d)."""

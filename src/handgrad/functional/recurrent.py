@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from handgrad.functional.function import TwinnedFunction
+
 
 class Weights(NamedTuple):
     """One direction of one layer, in torch's ``_flat_weights`` order (absent ones None)."""
@@ -188,10 +190,14 @@ def projected(rows: torch.Tensor | None, weight: torch.Tensor | None) -> torch.T
 
 # --------------------------------------------------------------------------- the wrappers' side: checks, masks, call
 
+States = tuple[torch.Tensor, ...]  # one direction's states: (h,), or (h, c) for LSTM; or its extras
+MaybeTensors = Sequence[torch.Tensor | None]  # gradients or tangents of States (None: zero)
+
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
-def call_stack(function, cell: Cell, input, states: tuple, params: Sequence[torch.Tensor], has_biases: bool,
+def call_stack(function: type[TwinnedFunction], cell: Cell, input: torch.Tensor, states: tuple,
+               params: Sequence[torch.Tensor | None], has_biases: bool,
                num_layers: int, dropout: float, train: bool, bidirectional: bool, batch_first: bool) -> tuple:
     """Check the arguments of a whole-sequence call, draw the dropout masks, apply ``function``, and return the
     caller's outputs: (output, h_n) or (output, h_n, c_n)."""
@@ -224,7 +230,8 @@ def call_stack(function, cell: Cell, input, states: tuple, params: Sequence[torc
     return tuple(outputs[:1 + cell.states])
 
 
-def call_cell(function, cell: Cell, input, states: tuple, w_ih, w_hh, b_ih, b_hh):
+def call_cell(function: type[TwinnedFunction], cell: Cell, input: torch.Tensor, states: tuple, w_ih: torch.Tensor,
+              w_hh: torch.Tensor, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> Any:
     """Check the arguments of one cell step, apply ``function``, and return h' (or (h', c'))."""
     name = f"{cell.name.lower()}_cell"
     if input.dim() not in (1, 2):
@@ -258,7 +265,7 @@ def call_cell(function, cell: Cell, input, states: tuple, w_ih, w_hh, b_ih, b_hh
     return outputs[0] if cell.states == 1 else (outputs[0], outputs[1])
 
 
-def autocast_in_front(cell: Cell, spec: Stack, input, states: tuple, params: Sequence) -> tuple:
+def autocast_in_front(cell: Cell, spec: Stack, input: torch.Tensor, states: tuple, params: Sequence) -> tuple:
     """Under autocast, what torch's own op does with its inputs. The recurrent Functions run as written
     (Autocast.AS_WRITTEN: their matmuls in the autocast dtype, the rest in the operands' dtypes), as torch's
     CPU GRU, RNN and cells do, being composed of ops. Where torch's op is one lower-precision kernel, the
@@ -272,7 +279,7 @@ def autocast_in_front(cell: Cell, spec: Stack, input, states: tuple, params: Seq
     return cast[0], tuple(cast[1:1 + len(states)]), cast[1 + len(states):]
 
 
-def dropout_mask(shape: tuple, p: float, device) -> torch.Tensor:
+def dropout_mask(shape: tuple, p: float, device: torch.device) -> torch.Tensor:
     """True = kept. Drawn as torch's CPU RNN draws it between layers (bernoulli_(1 - p) over the time-major
     layer output, one mask per inner layer, in layer order), so a seed drops the same elements; p = 1
     drops everything and, as in torch, draws nothing."""
@@ -281,7 +288,7 @@ def dropout_mask(shape: tuple, p: float, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1 - p)
 
 
-def check_states(name: str, spec: Stack, input, states: tuple) -> None:
+def check_states(name: str, spec: Stack, input: torch.Tensor, states: tuple) -> None:
     """The initial states' shapes, against the input's batch size and the stack's layers and directions."""
     layers = spec.num_layers * spec.directions
     batch = (input.shape[0 if spec.batch_first else 1],) if spec.batched else ()
@@ -295,7 +302,7 @@ def check_states(name: str, spec: Stack, input, states: tuple) -> None:
                 f"shape {expected}, or leave the states out (zeros) in the nn module")
 
 
-def check_params(name: str, cell: Cell, spec: Stack, input, states: tuple, params: Sequence) -> None:
+def check_params(name: str, cell: Cell, spec: Stack, input: torch.Tensor, states: tuple, params: Sequence) -> None:
     """Every parameter's shape, named as torch.nn names it (weight_ih_l0, bias_hh_l1_reverse, ...), and
     every tensor's dtype and device, against the input's."""
     autocast = torch.is_autocast_enabled(input.device.type)  # then autocast casts the floating tensors, as torch's

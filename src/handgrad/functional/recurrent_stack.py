@@ -21,6 +21,7 @@ gradients summed over time); llm.c train_gpt2.c (gradients accumulated where a t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -28,7 +29,8 @@ from handgrad.functional.dropout import as_bytes
 from handgrad.functional.recurrent import Cell, Stack, Weights, plus
 
 
-def forward(cell: Cell, spec: Stack, input, states0, masks, params) -> tuple:
+def forward(cell: Cell, spec: Stack, input: torch.Tensor, states0: Sequence[torch.Tensor],
+            masks: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> tuple:
     """The stack's forward: returns (*the caller's outputs, *inner layer outputs, *extras).
 
     The caller's outputs: (output, h_n[, c_n]) for a sequence, (h'[, c']) for a cell step.
@@ -56,7 +58,7 @@ def forward(cell: Cell, spec: Stack, input, states0, masks, params) -> tuple:
     return (*user, *inner, *extras)
 
 
-def backward(cell: Cell, ctx, grads: Sequence) -> tuple:
+def backward(cell: Cell, ctx: Any, grads: Sequence) -> tuple:
     """The stack's backward: the gradient of every Function input, in the order the Function takes them
     (input, states0..., spec, masks..., params...).
 
@@ -117,7 +119,7 @@ def backward(cell: Cell, ctx, grads: Sequence) -> tuple:
     return (grad_input, *grad_states0, None, *([None] * len(masks)), *grad_params)
 
 
-def jvp(cell: Cell, ctx, tangents: Sequence) -> tuple:
+def jvp(cell: Cell, ctx: Any, tangents: Sequence) -> tuple:
     """The stack's forward-mode derivative: a tangent for every output (the caller's, the inner layers', the
     extras), from the inputs' tangents (None: zero), by a forward sweep of each direction (the cells' jvps)."""
     spec, saved = ctx.spec, saved_tensors(ctx)
@@ -156,7 +158,7 @@ def jvp(cell: Cell, ctx, tangents: Sequence) -> tuple:
     return (*user, *t_inner, *t_extras)
 
 
-def save_for_backward(ctx, cell: Cell, inputs: tuple, outputs: tuple) -> None:
+def save_for_backward(ctx: Any, cell: Cell, inputs: tuple, outputs: tuple) -> None:
     """setup_context of every recurrent Function: the inputs, and the outputs backward reads (the caller's
     first output, the inner layers' outputs, the extras); each output's gradient is handled, None or not."""
     spec: Stack = inputs[1 + cell.states]
@@ -169,7 +171,7 @@ def save_for_backward(ctx, cell: Cell, inputs: tuple, outputs: tuple) -> None:
     ctx.save_for_forward(*tensors)  # rule R5: the same tensors for jvp
 
 
-def saved_tensors(ctx) -> dict:
+def saved_tensors(ctx: Any) -> dict:
     """What ``save_for_backward`` saved, by name."""
     n_states, n_masks, n_params, n_inner = ctx.counts
     saved = ctx.saved_tensors

@@ -8,15 +8,16 @@ rnn_layers.py (rnn_step_forward / rnn_step_backward, rnn_forward / rnn_backward)
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 
 from handgrad.functional import recurrent, recurrent_stack
 from handgrad.functional.function import Autocast, TwinnedFunction, twinned
-from handgrad.functional.recurrent import Cell, Weights, earlier, projected, steps, tangent_sum
+from handgrad.functional.recurrent import Cell, MaybeTensors, States, Weights, earlier, projected, steps, tangent_sum
 
 
-def forward_direction(x, states0, w: Weights, reverse: bool, nonlinearity: str):
+def forward_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, nonlinearity: str) -> tuple:
     """One direction over the sequence; x (T, N, H_in), h0 (N, H). Returns the T hidden states in time
     order, the final (h,), and no extras: backward reads h_t itself (an output)."""
     (h,) = states0
@@ -31,8 +32,9 @@ def forward_direction(x, states0, w: Weights, reverse: bool, nonlinearity: str):
     return hs, (h,), ()
 
 
-def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, grad_h_all, grad_finals, grad_extras,
-                       needs_w: Weights, needs_x: bool, nonlinearity: str):
+def backward_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, h_all: torch.Tensor,
+                       extras: States, grad_h_all: torch.Tensor | None, grad_finals: MaybeTensors,
+                       grad_extras: MaybeTensors, needs_w: Weights, needs_x: bool, nonlinearity: str) -> tuple:
     """The direction's backward (RNN's docstring has the derivation)."""
     (h0,) = states0
     (grad_h_last,) = grad_finals
@@ -58,8 +60,8 @@ def backward_direction(x, states0, w: Weights, reverse: bool, h_all, extras, gra
     return grad_x, (da @ w.hh,), Weights(grad_w_ih, grad_w_hh, grad_b, None if grad_b is None else grad_b.clone())
 
 
-def jvp_direction(x, states0, w: Weights, reverse: bool, h_all, extras, t_x, t_states0, t_w: Weights,
-                  nonlinearity: str):
+def jvp_direction(x: torch.Tensor, states0: States, w: Weights, reverse: bool, h_all: torch.Tensor, extras: States,
+                  t_x: torch.Tensor | None, t_states0: MaybeTensors, t_w: Weights, nonlinearity: str) -> tuple:
     """The direction's forward-mode derivative, a sweep in step order (None tangents are zero):
     t_h_t = phi'(a_t) * (t_x W_ih^T + x t_W_ih^T + t_h_{t-1} W_hh^T + h_{t-1} t_W_hh^T + t_b_ih + t_b_hh)."""
     (h0,) = states0
@@ -126,26 +128,30 @@ class RNN(TwinnedFunction):
 
 
 
-def rnn_tanh(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=True, bidirectional=False,
-             batch_first=False):
+def rnn_tanh(input: torch.Tensor, hx: torch.Tensor, params: Sequence[torch.Tensor | None], has_biases: bool = True,
+             num_layers: int = 1, dropout: float = 0.0, train: bool = True, bidirectional: bool = False,
+             batch_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-written twin of torch.rnn_tanh (what torch.nn.RNN calls): (output, h_n); params in
     torch.nn.RNN's ``_flat_weights`` order; also takes unbatched (T, H_in) input with (L * D, H) states."""
     return recurrent.call_stack(RNN, RNN_CELLS["tanh"], input, (hx,), params, has_biases, num_layers, dropout, train,
                                 bidirectional, batch_first)
 
 
-def rnn_relu(input, hx, params, has_biases=True, num_layers=1, dropout=0.0, train=True, bidirectional=False,
-             batch_first=False):
+def rnn_relu(input: torch.Tensor, hx: torch.Tensor, params: Sequence[torch.Tensor | None], has_biases: bool = True,
+             num_layers: int = 1, dropout: float = 0.0, train: bool = True, bidirectional: bool = False,
+             batch_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-written twin of torch.rnn_relu: as rnn_tanh, with h_t = relu(a_t)."""
     return recurrent.call_stack(RNN, RNN_CELLS["relu"], input, (hx,), params, has_biases, num_layers, dropout, train,
                                 bidirectional, batch_first)
 
 
-def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+def rnn_tanh_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                  b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written twin of torch.rnn_tanh_cell: h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)."""
     return recurrent.call_cell(RNN, RNN_CELLS["tanh"], input, (hx,), w_ih, w_hh, b_ih, b_hh)
 
 
-def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+def rnn_relu_cell(input: torch.Tensor, hx: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                  b_ih: torch.Tensor | None = None, b_hh: torch.Tensor | None = None) -> torch.Tensor:
     """Hand-written twin of torch.rnn_relu_cell: h' = relu(x W_ih^T + b_ih + h W_hh^T + b_hh)."""
     return recurrent.call_cell(RNN, RNN_CELLS["relu"], input, (hx,), w_ih, w_hh, b_ih, b_hh)

@@ -59,7 +59,8 @@ def pooled_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return count
 
 
-def window_views(x: torch.Tensor, kernel, stride, dilation, out_size) -> list[torch.Tensor]:
+def window_views(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                 out_size: tuple[int, int]) -> list[torch.Tensor]:
     """One strided view of ``x`` (N, C, H, W) per window offset (i, j), in row-major order:
 
         view[i * kW + j][n, c, h, w] = x[n, c, s*h + d*i, s*w + d*j]          (N, C, H_out, W_out)

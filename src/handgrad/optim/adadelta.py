@@ -23,6 +23,7 @@ import torch
 
 from handgrad.optim.base import (
     HandOptimizer,
+    State,
     Tensors,
     check_decay_rate,
     check_lr,
@@ -68,7 +69,7 @@ class Adadelta(HandOptimizer):
         adadelta_step_(group, self.state, params, grads)
 
 
-def adadelta_step_(group: dict, state, params: list[torch.Tensor], grads: Tensors) -> None:
+def adadelta_step_(group: dict, state: State, params: list[torch.Tensor], grads: Tensors) -> None:
     """One Adadelta update of ``params`` with ``grads`` as their gradients, in place, for one param group.
     Each line is one line of the formula above, applied to every tensor at once by a foreach op."""
     lr, rho, eps = float(group["lr"]), group["rho"], group["eps"]

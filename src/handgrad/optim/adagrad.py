@@ -21,7 +21,16 @@ from collections.abc import Iterable
 
 import torch
 
-from handgrad.optim.base import HandOptimizer, Tensors, check_lr, check_nonnegative, count_steps_, new_step, real_views
+from handgrad.optim.base import (
+    HandOptimizer,
+    State,
+    Tensors,
+    check_lr,
+    check_nonnegative,
+    count_steps_,
+    new_step,
+    real_views,
+)
 
 
 class Adagrad(HandOptimizer):
@@ -80,7 +89,7 @@ class Adagrad(HandOptimizer):
         adagrad_step_(group, self.state, params, grads)
 
 
-def adagrad_step_(group: dict, state, params: list[torch.Tensor], grads: Tensors) -> None:
+def adagrad_step_(group: dict, state: State, params: list[torch.Tensor], grads: Tensors) -> None:
     """One Adagrad update of ``params`` with ``grads`` as their gradients, in place, for one param group
     (the state made already). Each line is one line of the formula above, applied to every tensor at
     once by a foreach op; the decayed learning rate of each parameter's step count goes in as a list."""

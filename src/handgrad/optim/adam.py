@@ -29,6 +29,7 @@ import torch
 
 from handgrad.optim.base import (
     HandOptimizer,
+    State,
     Tensors,
     check_decay_rate,
     check_lr,
@@ -114,7 +115,7 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
 
-def adam_step_(group: dict, state, params: list[torch.Tensor], grads: Tensors) -> None:
+def adam_step_(group: dict, state: State, params: list[torch.Tensor], grads: Tensors) -> None:
     """One Adam update of ``params`` with ``grads`` as their gradients, in place, for one param group.
     Each line is one line of the formula above, applied to every tensor at once by a foreach op; the
     per-parameter numbers (the bias corrections of each step count t) go in as lists. Call under no_grad.

@@ -18,12 +18,13 @@ A learning rate may be a one-element tensor, as in torch; the scalars computed f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any, overload
 
 import torch
 
 Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+State = MutableMapping[torch.Tensor, Any]  # torch.optim.Optimizer.state: each parameter's buffers by name
 
 # What each refused option asks torch for.
 OTHER_IMPLEMENTATIONS = {

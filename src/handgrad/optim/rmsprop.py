@@ -26,6 +26,7 @@ import torch
 
 from handgrad.optim.base import (
     HandOptimizer,
+    State,
     Tensors,
     check_lr,
     check_nonnegative,
@@ -72,7 +73,7 @@ class RMSprop(HandOptimizer):
         rmsprop_step_(group, self.state, params, grads)
 
 
-def rmsprop_step_(group: dict, state, params: list[torch.Tensor], grads: Tensors) -> None:
+def rmsprop_step_(group: dict, state: State, params: list[torch.Tensor], grads: Tensors) -> None:
     """One RMSprop update of ``params`` with ``grads`` as their gradients, in place, for one param group.
     Each line is one line of the formula above, applied to every tensor at once by a foreach op."""
     lr, alpha, eps, momentum = float(group["lr"]), group["alpha"], group["eps"], group["momentum"]

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
-from handgrad.optim.base import HandOptimizer, Tensors, check_lr, check_nonnegative
+from handgrad.optim.base import HandOptimizer, State, Tensors, check_lr, check_nonnegative
 
 
 class SGD(HandOptimizer):
@@ -61,7 +61,7 @@ class SGD(HandOptimizer):
         sgd_step_(group, self.state, params, grads)
 
 
-def sgd_step_(group: dict, state, params: list[torch.Tensor], grads: Tensors) -> None:
+def sgd_step_(group: dict, state: State, params: list[torch.Tensor], grads: Tensors) -> None:
     """One SGD update of ``params`` with ``grads`` as their gradients, in place, for one param group
     (its lr, momentum, dampening, weight_decay, nesterov, maximize). Momentum buffers live in ``state[w]``
     (the optimiser's state, so checkpoints hold them). Each line is one line of the formula above,
