@@ -25,6 +25,7 @@ LayerNorm weights).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -53,7 +54,7 @@ def lr_at(step: int, lr: float, warmup_steps: int, decay_steps: int, min_lr: flo
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def clip_grad_norm(parameters: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale every gradient by min(1, max_norm / (||g|| + 1e-6)), ||g|| the norm of all of them together
     (torch.nn.utils.clip_grad_norm_'s rule); returns ||g|| before clipping, a tensor (no host sync)."""
     grads = [p.grad for p in parameters if p.grad is not None]

@@ -22,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from functools import partial
 
@@ -37,7 +38,7 @@ from handgrad.optim import AdamW
 from handgrad.text_data import TextDataModule
 
 VOCAB, T, BATCH = 103, 64, 32
-MODELS = {
+MODELS: dict[str, Callable[[str], GPT | CharLSTM]] = {
     "GPT (gpt_chars)": lambda backend: GPT(VOCAB, T, n_layer=2, n_head=4, n_embd=64, backend=backend),
     "CharLSTM (lstm_chars)": lambda backend: CharLSTM(VOCAB, 64, 256, 1, block_size=T, backend=backend),
 }
