@@ -125,7 +125,7 @@ class LanguageModel(ResumableModule):
             keep = (self.trainer.max_steps - self.global_step) * chunk.batch_size
             x, y = x[:keep], y[:keep]
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        losses, norms = [], []
+        losses, norms, lr = [], [], self.lr_at(self.global_step)
         for step, (xb, yb) in enumerate(zip(x.split(chunk.batch_size), y.split(chunk.batch_size), strict=True)):
             lr = self.lr_at(self.global_step + step)
             for group in optimizer.param_groups:
