@@ -3,6 +3,7 @@ gpt_chars through Lightning against the same steps in a plain loop.
 
     python -m handgrad.benchmarks.language_models                  # markdown table to stdout
     python -m handgrad.benchmarks.language_models --repeats 10 --epoch_steps 50
+    python -m handgrad.benchmarks.language_models --ops                # and the GPT's ops one by one
 
 Rows:
 - a training step (forward, cross-entropy, backward, handgrad's AdamW step) of configs/gpt_chars.yaml's
@@ -88,6 +89,42 @@ def step_rows(repeats: int) -> list[dict]:
     return rows
 
 
+def op_rows(repeats: int) -> list[dict]:
+    """Forward + backward of each op of the GPT at gpt_chars's sizes, hand-written against torch's."""
+    from handgrad.models_blocks import composed_attention
+
+    g = torch.Generator().manual_seed(0)
+    target, ids = torch.randint(0, VOCAB, (BATCH * T,), generator=g), torch.randint(0, VOCAB, (BATCH, T), generator=g)
+    heads: list[tuple[int, ...]] = [(BATCH, 4, T, 16)] * 3
+    Op = Callable[..., torch.Tensor]
+    ops: dict[str, tuple[Op, Op, list[tuple[int, ...]]]] = {  # name: (hand, torch, input shapes)
+        "gelu (32, 64, 256)": (F.gelu, torch_F.gelu, [(BATCH, T, 256)]),
+        "causal attention (32, 4, 64, 16)": (partial(F.scaled_dot_product_attention, is_causal=True),
+                                             partial(composed_attention, is_causal=True), heads),
+        "layer_norm (32, 64, 64)": (lambda x, w: F.layer_norm(x, (64,), w),
+                                    lambda x, w: torch_F.layer_norm(x, (64,), w), [(BATCH, T, 64), (64,)]),
+        "linear (2048, 64) -> 256": (F.linear, torch_F.linear, [(BATCH * T, 64), (256, 64)]),
+        "cross_entropy (2048, 103)": (lambda x: F.cross_entropy(x, target), lambda x: torch_F.cross_entropy(x, target),
+                                      [(BATCH * T, VOCAB)]),
+        "embedding (32, 64) of (103, 64)": (lambda w: F.embedding(ids, w), lambda w: torch_F.embedding(ids, w),
+                                            [(VOCAB, 64)]),
+    }
+    rows = []
+    for name, (hand, reference, shapes) in ops.items():
+        inputs = [torch.randn(*shape, generator=g, requires_grad=True) for shape in shapes]
+        steps = {"hand": partial(_forward_backward, hand, inputs),
+                 "autograd": partial(_forward_backward, reference, inputs)}
+        times = time_interleaved(steps, repeats, chunk_s=0.1, device=torch.device("cpu"), clock="cpu")
+        ratios = [h / a for h, a in zip(times["hand"], times["autograd"], strict=True)]
+        rows.append(dict(name=name, hand=statistics.median(times["hand"]),
+                         autograd=statistics.median(times["autograd"]), ratio=statistics.median(ratios)))
+    return rows
+
+
+def _forward_backward(op, inputs: list[torch.Tensor]) -> None:
+    op(*inputs).sum().backward()
+
+
 class _NoLog(LanguageModel):
     def log_dict(self, *args, **kwargs) -> None:  # the plain loop logs nothing either
         pass
@@ -124,12 +161,16 @@ def epoch_rows(steps: int) -> dict:
     return dict(steps=steps, **results, ratio=results["lightning"] / results["plain"])
 
 
-def markdown(rows: list[dict], epoch: dict | None) -> str:
+def markdown(rows: list[dict], epoch: dict | None, ops: list[dict] | None = None) -> str:
     lines = ["| training step | hand ms | autograd ms | hand / autograd | saved for backward MiB hand / autograd |",
              "|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['name']} | {1e3 * r['hand']:.1f} | {1e3 * r['autograd']:.1f} | {r['ratio']:.2f} | "
                      f"{r['hand_saved'] / 2**20:.1f} / {r['autograd_saved'] / 2**20:.1f} |")
+    if ops:
+        lines += ["", "| op, forward + backward | hand ms | torch ms | hand / torch |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {1e3 * r['hand']:.2f} | {1e3 * r['autograd']:.2f} | {r['ratio']:.2f} |"
+                  for r in ops]
     if epoch:
         lines += ["", "| gpt_chars steps | Lightning s | plain loop s | Lightning / plain |", "|---:|---:|---:|---:|",
                   f"| {epoch['steps']} | {epoch['lightning']:.1f} | {epoch['plain']:.1f} | {epoch['ratio']:.2f} |"]
@@ -140,13 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed turns of each contender (default 10)")
     parser.add_argument("--epoch_steps", type=int, default=100, help="steps of the Lightning row; 0: skip it")
+    parser.add_argument("--ops", action="store_true", help="also time the GPT's ops one by one, hand against torch")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = step_rows(args.repeats)
     epoch = epoch_rows(args.epoch_steps) if args.epoch_steps else None
+    ops = op_rows(args.repeats) if args.ops else None
     print(f"{date.today()}, torch {torch.__version__}, 1 thread, float32, batch {BATCH}, T {T}; step times are "
           f"medians of {args.repeats} interleaved turns (process CPU time); the epoch row is wall time")
-    print(markdown(rows, epoch))
+    print(markdown(rows, epoch, ops))
     return 0
 
 
