@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 
 import pytest
 import torch
+from signals import SendSignal
 from test_cli import events, scalars
 
 from handgrad import cli, sampling
@@ -84,6 +86,34 @@ def test_an_interrupted_run_resumes_exactly(max_steps, tmp_path, monkeypatch, te
     for theirs, ours in zip(reference["optimizer_states"][0]["state"].values(),
                             resumed["optimizer_states"][0]["state"].values(), strict=True):
         assert all(torch.equal(ours[key], theirs[key]) for key in ("exp_avg", "exp_avg_sq", "step"))
+    assert torch.equal(resumed["torch_rng_state"], reference["torch_rng_state"])
+    assert scalars(events(parts.joinpath(*RUN)), "val/loss") == scalars(events(whole.joinpath(*RUN)), "val/loss")
+
+
+@pytest.mark.usefixtures("signal_handlers")
+def test_a_sigterm_mid_chunk_saves_and_the_resumed_run_ends_as_if_never_stopped(tmp_path, monkeypatch, text_file,
+                                                                               one_thread, capsys):
+    """SIGTERM while the second chunk of epoch 2 trains: the chunk finishes (20 steps), last.ckpt is saved,
+    the exit status is 143; --ckpt_path last then ends bit for bit as the run that never stopped."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for folder in (whole, parts):
+        folder.mkdir()
+    assert fit(whole, monkeypatch, text_file, "--trainer.max_epochs", "2") == 0
+    build = cli.build
+
+    def build_with_signal(arguments, stop=None):
+        run = build(arguments, stop)
+        run.trainer.callbacks[:0] = [SendSignal("SIGTERM", "mid_chunk", epoch=1, chunk=1)]
+        return run
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cli, "build", build_with_signal)
+        assert fit(parts, monkeypatch, text_file, "--trainer.max_epochs", "2") == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM after optimiser step 25 (epoch 2, 10 of 15 steps into it)" in capsys.readouterr().err
+    assert fit(parts, monkeypatch, text_file, "--trainer.max_epochs", "2", "--ckpt_path", "last") == 0
+    resumed, reference = last(parts), last(whole)
+    for name, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], value), name
     assert torch.equal(resumed["torch_rng_state"], reference["torch_rng_state"])
     assert scalars(events(parts.joinpath(*RUN)), "val/loss") == scalars(events(whole.joinpath(*RUN)), "val/loss")
 
