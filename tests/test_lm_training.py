@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from signals import SendSignal
 from test_cli import events, scalars
 
 from handgrad import cli, sampling
-from handgrad.lm_module import clip_grad_norm, lr_at
+from handgrad.errors import ConfigError
+from handgrad.lm_module import LanguageModel, clip_grad_norm, lr_at
+from handgrad.models import GPT
 
 WORDS = "the quick brown fox jumps over a lazy dog and then sleeps in the warm sun".split()
 TINY = ["--model.net.n_layer", "1", "--model.net.n_head", "2", "--model.net.n_embd", "16",
@@ -140,6 +143,13 @@ def test_generate_samples_from_a_text_checkpoint(tmp_path, monkeypatch, text_fil
     assert first.startswith("the ") and len(first.splitlines()[0]) >= 4
     assert sampling.main([checkpoint, "--prompt", "the ", "--length", "30", "--top_k", "5"]) == 0
     assert capsys.readouterr().out == first  # --seed 0 both times
+
+
+def test_several_processes_are_refused_before_any_step():
+    model = LanguageModel(GPT(5, 4, 1, 1, 4), vocab="abcde", sample_prompt="a")
+    model._trainer = SimpleNamespace(world_size=2)  # what a DDP run's trainer says
+    with pytest.raises(ConfigError, match="trains on one process, and this run has 2 .*; use --trainer.devices 1"):
+        model.setup("fit")
 
 
 # --------------------------------------------------------------------------- the schedule and clipping

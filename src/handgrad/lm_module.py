@@ -113,6 +113,14 @@ class LanguageModel(ResumableModule):
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self.test_loss, self.test_acc = MeanMetric(), MeanMetric()
 
+    def setup(self, stage: str) -> None:
+        """Refuse several processes, before any step: the loop below never all-reduces its gradients."""
+        if self.trainer.world_size > 1:
+            raise ConfigError(f"a language model trains on one process, and this run has {self.trainer.world_size} "
+                              "(the chunked loop does not all-reduce its gradients); use --trainer.devices 1")
+        if self.trainer.precision == "64-true":  # as Classifier: before a checkpoint is restored into the module
+            self.double()
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.net(idx)
 
