@@ -145,10 +145,13 @@ def test_generate_samples_from_a_text_checkpoint(tmp_path, monkeypatch, text_fil
     assert capsys.readouterr().out == first  # --seed 0 both times
 
 
-def test_several_processes_are_refused_before_any_step():
+def test_several_processes_and_float16_are_refused_before_any_step():
     model = LanguageModel(GPT(5, 4, 1, 1, 4), vocab="abcde", sample_prompt="a")
-    model._trainer = SimpleNamespace(world_size=2)  # what a DDP run's trainer says
+    model._trainer = SimpleNamespace(world_size=2, precision="32-true")  # what a DDP run's trainer says
     with pytest.raises(ConfigError, match="trains on one process, and this run has 2 .*; use --trainer.devices 1"):
+        model.setup("fit")
+    model._trainer = SimpleNamespace(world_size=1, precision="16-mixed")
+    with pytest.raises(ConfigError, match="needs loss scaling.*; use --trainer.precision bf16-mixed"):
         model.setup("fit")
 
 

@@ -114,10 +114,14 @@ class LanguageModel(ResumableModule):
         self.test_loss, self.test_acc = MeanMetric(), MeanMetric()
 
     def setup(self, stage: str) -> None:
-        """Refuse several processes, before any step: the loop below never all-reduces its gradients."""
+        """Refuse, before any step, several processes (the loop never all-reduces its gradients) and float16
+        (it does not scale the loss)."""
         if self.trainer.world_size > 1:
             raise ConfigError(f"a language model trains on one process, and this run has {self.trainer.world_size} "
                               "(the chunked loop does not all-reduce its gradients); use --trainer.devices 1")
+        if self.trainer.precision == "16-mixed":
+            raise ConfigError("trainer.precision='16-mixed' needs loss scaling, which the language model's loop does "
+                              "not do; use --trainer.precision bf16-mixed (or 32-true)")
         if self.trainer.precision == "64-true":  # as Classifier: before a checkpoint is restored into the module
             self.double()
 
