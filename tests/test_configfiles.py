@@ -8,7 +8,8 @@ from conftest import REPO
 from handgrad.configfiles import config_dir, config_label, packaged_configs, resolve_config, with_config_files
 from handgrad.errors import ConfigError
 
-SHIPPED = ["full_batch", "lenet5", "mini_batch", "mlp_regularized", "mnist_mlp", "nielsen_ch1", "sgd", "spirals"]
+SHIPPED = ["edge_of_stability", "full_batch", "lenet5", "mini_batch", "mlp_regularized", "mnist_mlp", "nielsen_ch1",
+           "sgd", "spirals"]
 
 
 def test_the_shipped_configs_are_the_files_under_configs():
@@ -36,7 +37,7 @@ def test_without_a_config_the_default_comes_first():
 
 def test_an_unknown_config_names_the_shipped_ones():
     with pytest.raises(ConfigError, match=r"^--config nielsen: no such file, and no shipped config of that name; pass "
-                                          r"a YAML file or one of full_batch, lenet5, .*, spirals$"):
+                                          r"a YAML file or one of edge_of_stability, full_batch, .*, spirals$"):
         resolve_config("nielsen")
 
 

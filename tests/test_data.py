@@ -143,6 +143,30 @@ def test_prepare_data_downloads_what_is_missing(tmp_path, monkeypatch):
     assert not (tmp_path / "unused").exists()
 
 
+def test_train_size_keeps_a_seeded_subset_of_the_training_split_and_validation_as_it_was():
+    full, part = ready(val_size=600, seed=1), ready(val_size=600, train_size=300, seed=1)
+    assert torch.equal(part.splits["val"][0], full.splits["val"][0])  # the same validation split
+    assert part.n_train == 300 and torch.equal(part.splits["train"][0], full.splits["train"][0][:300])
+    assert not torch.equal(sorted_rows(part.splits["train"][0]), sorted_rows(full.splits["train"][0][-300:]))
+    assert ready(val_size=600, train_size=300, batch_size="full").batch_size == 300  # full batch: the subset
+    assert ready(val_size=600, train_size=2400).n_train == 2400
+
+
+@pytest.mark.parametrize("train_size, message", [
+    (0, r"^data\.train_size=0 must be a positive integer, or null for the whole training split; use e\.g\. "),
+    (True, r"^data\.train_size=True must be a positive integer"),
+])
+def test_train_size_must_be_positive(train_size, message):
+    with pytest.raises(ConfigError, match=message):
+        DataModule("spirals", train_size=train_size)
+
+
+def test_train_size_must_fit_the_training_split():
+    with pytest.raises(ConfigError, match=r"^data\.train_size=2401 is more than the 2400 training examples the "
+                                          r"spirals training split keeps with data\.val_size=600; use at most 2400"):
+        ready(val_size=600, train_size=2401)
+
+
 def test_val_size_must_leave_training_data():
     with pytest.raises(ConfigError, match=r"data\.val_size=3000 leaves no training data"):
         ready(val_size=3000)

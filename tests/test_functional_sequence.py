@@ -108,6 +108,16 @@ def test_gelu_stays_finite_for_every_finite_input(approximate, dtype):
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gelu_second_derivative_stays_finite_for_every_finite_input(approximate, dtype):
+    x = torch.tensor([-3e38, -1e20, -1e4, 0.0, 1e4, 1e20, 3e38], dtype=dtype, requires_grad=True)
+    (grad,) = torch.autograd.grad(F.gelu(x, approximate).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), x)
+    expected = torch.where(x == 0, math.sqrt(2 / math.pi), 0.0).to(dtype)  # 2 phi(0) at 0; saturated elsewhere
+    torch.testing.assert_close(second, expected)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_second_derivative_and_forward_ad(approximate):
     x = torch.randn(7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: F.gelu(x, approximate), (x,), check_forward_ad=True)

@@ -6,9 +6,9 @@ included.
 Each run is the real script in a session of its own (a signal to the process group, as a terminal's
 Ctrl-C sends, stays inside it) with a deadline: past it, every process of the session gets SIGABRT
 (with PYTHONFAULTHANDLER, each prints its Python stack), then SIGKILL. About 12 s a run on the 2-core
-dev machine; the default set is a SIGTERM to one rank in the middle of a chunk (resumed) and a Ctrl-C
-to the group; HANDGRAD_SLOW_TESTS=1 adds the other points (start-up, validation, the test, the group
-in the middle of a chunk, each stop in training resumed) and a full disk.
+dev machine (the seven scenarios together about 3 minutes): a SIGTERM to one rank in the middle of a
+chunk, a Ctrl-C to the group, a SIGTERM in start-up, in validation, to the group in the middle of a
+chunk and in the test (each stop in training resumed and compared bit for bit), and a full disk.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from runs import assert_same_state
 from test_cli import REPO, SPIRALS
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-slow = pytest.mark.skipif(not os.environ.get("HANDGRAD_SLOW_TESTS"), reason="set HANDGRAD_SLOW_TESTS=1 to run")
 
 # 1000 training examples at batch 7 (3 + 4 rows a rank): 143 steps an epoch, in chunks ending at steps 35, 71, 107
 # and 143. Momentum 0.9 (the config) and dropout make each rank's random state part of what a resume restores.
@@ -114,21 +113,18 @@ def test_ctrl_c_to_the_process_group_between_chunks(tmp_path):
     assert_stopped(done, signal.SIGINT, EPOCH + 35, tmp_path)
 
 
-@slow
 def test_sigterm_to_rank_0_in_validation_lets_the_epoch_finish(tmp_path, uninterrupted_ddp):
     done = ddp(tmp_path, *send("SIGTERM", "validation"))
     assert_stopped(done, signal.SIGTERM, 2 * EPOCH, tmp_path)
     assert_resumes_exactly(tmp_path, uninterrupted_ddp)
 
 
-@slow
 def test_sigterm_to_the_group_in_the_middle_of_a_chunk(tmp_path, uninterrupted_ddp):
     done = ddp(tmp_path, *send("SIGTERM", "mid_chunk", target="group"))
     assert_stopped(done, signal.SIGTERM, EPOCH + 71, tmp_path)
     assert_resumes_exactly(tmp_path, uninterrupted_ddp)
 
 
-@slow
 def test_sigterm_to_rank_1_in_start_up_stops_both_before_training(tmp_path):
     done = ddp(tmp_path, *send("SIGTERM", "setup", rank=1))
     assert done.returncode == 143, done.stderr[-3000:]
@@ -136,7 +132,6 @@ def test_sigterm_to_rank_1_in_start_up_stops_both_before_training(tmp_path):
     assert not (tmp_path / LAST).exists()
 
 
-@slow
 def test_sigterm_to_the_group_in_the_test_keeps_the_trained_last_ckpt(tmp_path, uninterrupted_ddp):
     done = ddp(tmp_path, *send("SIGTERM", "test", target="group"))
     assert done.returncode == 143, done.stderr[-3000:]
@@ -144,7 +139,6 @@ def test_sigterm_to_the_group_in_the_test_keeps_the_trained_last_ckpt(tmp_path, 
     assert_same_state(checkpoint(tmp_path), uninterrupted_ddp)
 
 
-@slow
 def test_a_failed_checkpoint_write_stops_both_ranks_with_one_line(tmp_path):
     """Only rank 0 writes; its failure reaches rank 1 too (no connection error, no traceback)."""
     done = ddp(tmp_path, "--trainer.callbacks+=signals.FillDisk")

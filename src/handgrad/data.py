@@ -76,6 +76,9 @@ class DataModule(L.LightningDataModule):
         batch_size: examples per optimiser step: an int (1 = SGD) or "full" (the whole training split).
         val_size: examples moved from the training split to validation (MNIST: 10000 gives
             Nielsen's 50k/10k split); 0 validates on nothing.
+        train_size: train on this many of the examples left after validation's are moved (a
+            subset fixed by ``seed``, e.g. for full-batch gradient descent on a few thousand
+            images); None trains on all of them.
         seed: draws the validation split and each epoch's shuffle.
         chunk_size: at most this many examples per Lightning batch (but at least one
             mini-batch); an epoch's chunks hold whole mini-batches, equal to within one.
@@ -93,6 +96,7 @@ class DataModule(L.LightningDataModule):
         download: bool = True,
         batch_size: int | str = 64,
         val_size: int = 0,
+        train_size: int | None = None,
         seed: int = 0,
         chunk_size: int = 5000,
         eval_batch_size: int = 10000,
@@ -106,6 +110,9 @@ class DataModule(L.LightningDataModule):
                                  ("eval_batch_size", eval_batch_size, 1)):
             if value < low:
                 raise ConfigError(f"data.{name}={value} must be >= {low}")
+        if train_size is not None and (isinstance(train_size, bool) or train_size < 1):
+            raise ConfigError(f"data.train_size={train_size!r} must be a positive integer, or null for the whole "
+                              "training split; use e.g. --data.train_size 5000")
         if DATASETS[dataset] is not None and not download:
             missing = [f for f in expected_files(dataset, root) if not os.path.isfile(f)]
             if missing:
@@ -117,7 +124,7 @@ class DataModule(L.LightningDataModule):
                 )
         self.save_hyperparameters()  # kept in checkpoints beside the model's
         self.dataset, self.root, self.download = dataset, root, download
-        self.val_size, self.seed, self.chunk_size = val_size, seed, chunk_size
+        self.val_size, self.train_size, self.seed, self.chunk_size = val_size, train_size, seed, chunk_size
         self.eval_batch_size, self.data_on_device = eval_batch_size, data_on_device
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # With several processes each evaluates its slice of each chunk; a rank may get none of a tiny split.
@@ -164,6 +171,13 @@ class DataModule(L.LightningDataModule):
             )
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed))
         train, val = order[:len(y) - self.val_size], order[len(y) - self.val_size:]
+        if self.train_size is not None:
+            if self.train_size > len(train):
+                raise ConfigError(
+                    f"data.train_size={self.train_size} is more than the {len(train)} training examples the "
+                    f"{self.dataset} training split keeps with data.val_size={self.val_size}; use at most "
+                    f"{len(train)}, or null for all of them")
+            train = train[:self.train_size]  # the order is random (seed): a random subset
         self.splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": self.load(train=False)}
         trainer = self.trainer
         if self.data_on_device and trainer is not None and trainer.strategy.root_device.type == "cuda":

@@ -14,7 +14,14 @@ import math
 
 import torch
 
-from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, twinned, zero_link
+from handgrad.functional.function import (
+    Autocast,
+    TwinnedFunction,
+    may_overwrite,
+    transforms_active,
+    twinned,
+    zero_link,
+)
 
 # --------------------------------------------------------------------------- sigmoid
 
@@ -251,8 +258,9 @@ class GELU(TwinnedFunction):
 
     bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does.
     Finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh form's
-    du/dx is evaluated at x clamped to +-10, past which 1 - tanh^2 u is exactly 0 anyway (so x^2 never
-    overflows into inf * 0; torch's kernel gives nan there for |x| > 1.8e19 in float32).
+    derivative's tanh u and du/dx are evaluated at x clamped to +-10, past which tanh u rounds to +-1 and
+    1 - tanh^2 u is exactly 0 anyway (so x^3 never overflows into inf * 0, in the derivative or in its own
+    derivative; torch's kernel gives nan there for |x| > 1.8e19 in float32).
     Reference: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
     """
 
@@ -287,13 +295,22 @@ def gelu_derivative(input: torch.Tensor, approximate: str) -> torch.Tensor:
     """dy/dx of GELU (its docstring), in float32 for half-precision inputs, as torch's kernel computes it."""
     x = input.to(torch.promote_types(input.dtype, torch.float32))
     if approximate == "tanh":
-        t = torch.tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x))
-        x_c = x.clamp(-GELU_TANH_SATURATED, GELU_TANH_SATURATED)
+        x_c = x.clamp(-GELU_TANH_SATURATED, GELU_TANH_SATURATED)  # tanh u(x_c) = tanh u(x): both round to +-1
+        t = derivative_tanh(SQRT_2_OVER_PI * (x_c + GELU_CUBIC * x_c * x_c * x_c))
         du_dx = SQRT_2_OVER_PI * (1 + 3 * GELU_CUBIC * x_c * x_c)
         return 0.5 * (1 + t) + 0.5 * x_c * (1 - t * t) * du_dx
     cdf = 0.5 * (1 + torch.erf(x * SQRT_HALF))
     pdf = INV_SQRT_2PI * torch.exp(-0.5 * x * x)
     return cdf + x * pdf
+
+
+def derivative_tanh(u: torch.Tensor) -> torch.Tensor:
+    """tanh(u) inside a derivative: handgrad's Tanh where that derivative is itself differentiated (grad mode on,
+    a torch.func transform, a forward-AD level), so that its own derivative is hand-written (torch.tanh's is
+    aten::tanh_backward); torch.tanh in an ordinary first-order backward, which skips a Function call."""
+    if torch.is_grad_enabled() or transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return tanh(u)
+    return torch.tanh(u)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:

@@ -24,8 +24,11 @@ from handgrad.functional.attention_tiles import (
     accumulation_dtype,
     add_tile,
     concat_tiles,
+    cut,
+    cut_mask,
     draw_seed,
     grouped_heads,
+    query_rows,
     scores,
     tangent_scores,
     tiles,
@@ -55,7 +58,14 @@ class Attention(TwinnedFunction):
         dM_ij = dS_ij                                                      (float mask)
     D_i is where O earns its place: sum_j P_ij dP_ij = sum_j P_ij Z_ij dO_i . v_j = dO_i . O_i, a number per
     row from two saved (L, Ev) tensors, where the softmax's own backward would need the whole row of P.
-    Each gradient is summed down to its input's shape where leading dims were broadcast.
+    Each gradient is summed down to its input's shape where leading dims were broadcast. Tiles are cut with
+    split (attention_tiles.cut) and put together with cat, never sliced: differentiating this backward again
+    then runs no aten *_backward op (a slice's derivative is aten::slice_backward).
+
+    grouped (enable_gqa): q (..., Hkv, G, L, E) against k, v (..., Hkv, 1, S, *); O and L are computed in those
+    dims and returned with the heads merged, (..., Hq, L, Ev) and (..., Hq, L), Hq = Hkv G (query head h is
+    group h // G, member h % G). backward and jvp split the heads of dO, dL, O and L again, and merge their
+    tangents' (a reshape, whose inverse is a reshape).
 
     jvp, from tangents t_q, t_k, t_v, t_M:
         t_S_ij = scale (t_q_i . k_j + q_i . t_k_j) + t_M_ij
@@ -70,7 +80,7 @@ class Attention(TwinnedFunction):
     autocast = Autocast.LOWER_PRECISION  # as torch's: q, k, v (and a float mask) in the autocast dtype
 
     @staticmethod
-    def forward(query, key, value, mask, dropout_p, is_causal, scale, seed, block):
+    def forward(query, key, value, mask, dropout_p, is_causal, scale, seed, block, grouped):
         acc = accumulation_dtype(query.dtype)
         qs, k, v = query.to(acc) * scale, key.to(acc), value.to(acc)
         L, S = query.size(-2), key.size(-2)
@@ -79,6 +89,9 @@ class Attention(TwinnedFunction):
         ok = may_overwrite()
         dropout = TileDropout(seed, dropout_p, acc, query.device)
         lowest = torch.finfo(acc).min
+        rows = query_rows(L, block, is_causal)
+        q_tiles, k_tiles, v_tiles, mask_tiles = cut(qs, rows, -2), cut(k, block, -2), cut(v, block, -2), \
+            cut_mask(mask, rows, block)
         outputs, lses = [], []
         for i0, i1, key_tiles in tiles(L, S, block, is_causal):
             # Online softmax over the key tiles (Algorithm 1): m the running row max, denom = sum_j e^(S_ij - m),
@@ -89,26 +102,30 @@ class Attention(TwinnedFunction):
             denom = qs.new_zeros(*batch, i1 - i0, 1)  # (..., Bq, 1)
             o = qs.new_zeros(*batch, i1 - i0, v.size(-1))  # (..., Bq, Ev)
             for j0, j1 in key_tiles:
-                s = scores(qs[..., i0:i1, :], k[..., j0:j1, :], mask, is_causal, i0, i1, j0, j1, ok)  # (..., Bq, Bk)
+                s = scores(q_tiles[i0], k_tiles[j0], mask_tiles.get((i0, j0)), is_causal, i0, i1, j0, j1, ok)
                 m_new = torch.maximum(m, s.amax(-1, keepdim=True))
                 p = s.sub_(m_new).exp_() if ok else torch.exp(s - m_new)  # e^(S_ij - m_new)
                 rescale = torch.exp(m - m_new)
                 denom = rescale * denom + p.sum(-1, keepdim=True)
-                o = rescale * o + dropout.apply(p) @ v[..., j0:j1, :]
+                o = rescale * o + dropout.apply(p) @ v_tiles[j0]
                 m = m_new
             # denom >= 1 where a row has an unmasked key (its max contributes e^0). A row with none (or no keys,
             # S = 0) gets O = 0 and L = +inf, so that P = e^(S - L) = 0 there in backward: torch's output and
             # gradients are 0 there too.
             attended = denom > 0
-            outputs.append(torch.where(attended, o / denom, 0))
-            lses.append(torch.where(attended, m + torch.log(denom), math.inf).squeeze(-1))
+            o_i, lse_i = torch.where(attended, o / denom, 0), torch.where(attended, m + torch.log(denom), math.inf)
+            o_i, lse_i = merge_heads(o_i, lse_i.squeeze(-1), grouped)  # before the cat: O and L are new tensors,
+            outputs.append(o_i)  # not views, which a caller could not update in place
+            lses.append(lse_i)
+        if grouped:
+            batch = torch.Size((*batch[:-2], batch[-2] * batch[-1]))  # (..., Hkv, G) -> (..., Hq)
         output = torch.cat(outputs, -2) if outputs else qs.new_zeros(*batch, 0, v.size(-1))
         lse = torch.cat(lses, -1) if lses else qs.new_zeros(*batch, 0)
         return output.to(query.dtype), lse
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        query, key, value, mask, ctx.dropout_p, ctx.is_causal, ctx.scale, ctx.seed, ctx.block = inputs
+        query, key, value, mask, ctx.dropout_p, ctx.is_causal, ctx.scale, ctx.seed, ctx.block, ctx.grouped = inputs
         out, lse = output
         ctx.set_materialize_grads(False)  # R2: the gradient of L is None in first order, and is skipped
         saved = (query, key, value, mask, out, lse)
@@ -120,7 +137,9 @@ class Attention(TwinnedFunction):
         query, key, value, mask, out, lse = ctx.saved_tensors
         needs_q, needs_k, needs_v, needs_mask = ctx.needs_input_grad[:4]
         if grad_output is None and grad_lse is None:
-            return (None,) * 9
+            return (None,) * 10
+        if ctx.grouped:
+            out, lse, grad_output, grad_lse = split_heads(query, out, lse, grad_output, grad_lse)
         acc = lse.dtype
         qs, k, v = query.to(acc) * ctx.scale, key.to(acc), value.to(acc)
         L, S = query.size(-2), key.size(-2)
@@ -132,19 +151,24 @@ class Attention(TwinnedFunction):
             D = D + (d_out * out.to(acc)).sum(-1, keepdim=True)
         if grad_lse is not None:
             D = D - grad_lse.to(acc).unsqueeze(-1)
+        rows, block = query_rows(L, ctx.block, ctx.is_causal), ctx.block
+        q_tiles, k_tiles, v_tiles, mask_tiles = cut(qs, rows, -2), cut(k, block, -2), cut(v, block, -2), \
+            cut_mask(mask, rows, block)
+        lse_tiles, D_tiles, d_out_tiles = cut(lse.unsqueeze(-1), rows, -2), cut(D, rows, -2), cut(d_out, rows, -2)
         grad_q: list[torch.Tensor] = []  # query tiles in order
         grad_k: dict[int, torch.Tensor] = {}  # key tiles by j0, each summed over the query tiles
         grad_v: dict[int, torch.Tensor] = {}
         mask_rows = []
-        for i0, i1, key_tiles in tiles(L, S, ctx.block, ctx.is_causal):
-            q_i, D_i, dq_i, mask_row = qs[..., i0:i1, :], D[..., i0:i1, :], 0, []
+        for i0, i1, key_tiles in tiles(L, S, block, ctx.is_causal):
+            q_i, D_i, lse_i, mask_row = q_tiles[i0], D_tiles[i0], lse_tiles[i0], []
+            dq_i: torch.Tensor | int = 0
             for j0, j1 in key_tiles:
-                k_j, v_j = k[..., j0:j1, :], v[..., j0:j1, :]
-                s = scores(q_i, k_j, mask, ctx.is_causal, i0, i1, j0, j1, ok)  # (..., Bq, Bk)
-                p = s.sub_(lse[..., i0:i1, None]).exp_() if ok else torch.exp(s - lse[..., i0:i1, None])
+                k_j, v_j = k_tiles[j0], v_tiles[j0]
+                s = scores(q_i, k_j, mask_tiles.get((i0, j0)), ctx.is_causal, i0, i1, j0, j1, ok)  # (..., Bq, Bk)
+                p = s.sub_(lse_i).exp_() if ok else torch.exp(s - lse_i)
                 z = dropout.multiplier(p.shape)  # None without dropout
                 if d_out is not None:
-                    d_out_i = d_out[..., i0:i1, :]
+                    d_out_i = d_out_tiles[i0]
                     if needs_v:
                         pz = p if z is None else p * z
                         add_tile(grad_v, j0, (pz.mT @ d_out_i).sum_to_size(v_j.shape))  # (..., Bk, Ev)
@@ -165,41 +189,67 @@ class Attention(TwinnedFunction):
         if needs_q:
             grad_query = torch.cat(grad_q, -2).sum_to_size(query.shape).to(query.dtype) if grad_q else query * 0
         if needs_k:
-            grad_key = concat_tiles(grad_k, key, ctx.block, acc)
+            grad_key = concat_tiles(grad_k, key, block, acc)
         if needs_v:
-            grad_value = concat_tiles(grad_v, value, ctx.block, acc)
+            grad_value = concat_tiles(grad_v, value, block, acc)
         if needs_mask:
-            rows = [torch.cat(row, -1) for row in mask_rows if row]
-            grad_mask = torch.cat(rows, -2).to(mask.dtype) if rows and S else mask * 0
-        return grad_query, grad_key, grad_value, grad_mask, None, None, None, None, None
+            row_grads = [torch.cat(row, -1) for row in mask_rows if row]
+            grad_mask = torch.cat(row_grads, -2).to(mask.dtype) if row_grads and S else mask * 0
+        return grad_query, grad_key, grad_value, grad_mask, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, t_query, t_key, t_value, t_mask, *_):
         query, key, value, mask, out, lse = ctx.saved_tensors
+        if ctx.grouped:
+            out, lse, _, _ = split_heads(query, out, lse)
         acc = lse.dtype
         qs, k, v = query.to(acc) * ctx.scale, key.to(acc), value.to(acc)
         t_qs = None if t_query is None else t_query.to(acc) * ctx.scale
         L, S = query.size(-2), key.size(-2)
+        rows, block = query_rows(L, ctx.block, ctx.is_causal), ctx.block
+        q_tiles, k_tiles, v_tiles, mask_tiles = cut(qs, rows, -2), cut(k, block, -2), cut(v, block, -2), \
+            cut_mask(mask, rows, block)
+        t_q_tiles, t_k_tiles, t_v_tiles, t_mask_tiles = cut(t_qs, rows, -2), cut(t_key, block, -2), \
+            cut(t_value, block, -2), cut_mask(t_mask, rows, block)
+        lse_tiles, out_tiles = cut(lse.unsqueeze(-1), rows, -2), cut(out, rows, -2)
         dropout = TileDropout(ctx.seed, ctx.dropout_p, acc, query.device)
         t_outs, t_lses = [], []
-        for i0, i1, key_tiles in tiles(L, S, ctx.block, ctx.is_causal):
-            a_i = c_i = 0  # sum_j P Z (t_S v + t_v), and t_L = sum_j P t_S
+        for i0, i1, key_tiles in tiles(L, S, block, ctx.is_causal):
+            a_i: torch.Tensor | int = 0  # sum_j P Z (t_S v + t_v)
+            c_i: torch.Tensor | int = 0  # t_L = sum_j P t_S
             for j0, j1 in key_tiles:
-                s = scores(qs[..., i0:i1, :], k[..., j0:j1, :], mask, ctx.is_causal, i0, i1, j0, j1, False)
-                p = torch.exp(s - lse[..., i0:i1, None])  # (..., Bq, Bk)
+                s = scores(q_tiles[i0], k_tiles[j0], mask_tiles.get((i0, j0)), ctx.is_causal, i0, i1, j0, j1, False)
+                p = torch.exp(s - lse_tiles[i0])  # (..., Bq, Bk)
                 z = dropout.multiplier(p.shape)
                 pz = p if z is None else p * z
-                t_s = tangent_scores(t_qs, t_key, t_mask, qs, k, i0, i1, j0, j1)
+                t_s = tangent_scores(t_q_tiles.get(i0), t_k_tiles.get(j0), t_mask_tiles.get((i0, j0)), q_tiles[i0],
+                                     k_tiles[j0])
                 if t_s is not None:
                     c_i = c_i + (p * t_s).sum(-1, keepdim=True)
-                    a_i = a_i + (pz * t_s) @ v[..., j0:j1, :]
-                if t_value is not None:
-                    a_i = a_i + pz @ t_value[..., j0:j1, :].to(acc)
-            t_outs.append(a_i - c_i * out[..., i0:i1, :].to(acc))
-            t_lses.append(c_i + torch.zeros_like(lse[..., i0:i1, None]))
+                    a_i = a_i + (pz * t_s) @ v_tiles[j0]
+                if j0 in t_v_tiles:
+                    a_i = a_i + pz @ t_v_tiles[j0].to(acc)
+            t_outs.append(a_i - c_i * out_tiles[i0].to(acc))
+            t_lses.append(c_i + torch.zeros_like(lse_tiles[i0]))
         if not t_outs:  # no queries (L = 0)
-            return torch.zeros_like(out), torch.zeros_like(lse)
-        return torch.cat(t_outs, -2).to(out.dtype), torch.cat(t_lses, -2).squeeze(-1)  # R8: tensors, never None
+            return merge_heads(torch.zeros_like(out), torch.zeros_like(lse), ctx.grouped)
+        # R8: tensors, never None
+        return merge_heads(torch.cat(t_outs, -2).to(out.dtype), torch.cat(t_lses, -2).squeeze(-1), ctx.grouped)
+
+
+def merge_heads(out: torch.Tensor, lse: torch.Tensor, grouped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """O (..., Hkv, G, L, Ev) and L (..., Hkv, G, L) as (..., Hq, L, Ev) and (..., Hq, L) when grouped."""
+    return (out.flatten(-4, -3), lse.flatten(-3, -2)) if grouped else (out, lse)
+
+
+def split_heads(query: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, grad_output: torch.Tensor | None = None,
+                grad_lse: torch.Tensor | None = None) -> tuple:
+    """merge_heads undone: O, L and their gradients back in the (..., Hkv, G, L, *) of the grouped query."""
+    heads = query.shape[-4:-2]  # (Hkv, G)
+
+    def split(t: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+        return None if t is None else t.unflatten(dim, heads)
+    return split(out, -3), split(lse, -2), split(grad_output, -3), split(grad_lse, -2)
 
 
 # --------------------------------------------------------------------------- the wrapper
@@ -238,8 +288,8 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
     check_broadcast(query, key, value, mask)
     seed = draw_seed() if dropout_p > 0 else 0
     output, _ = Attention.call(query, key, value, mask, float(dropout_p), bool(is_causal),
-                                1 / math.sqrt(E) if scale is None else float(scale), seed, block)
-    return output.flatten(-4, -3) if grouped else output  # (..., Hkv, G, L, Ev) back to (..., Hq, L, Ev)
+                                1 / math.sqrt(E) if scale is None else float(scale), seed, block, grouped)
+    return output  # (..., Hq, L, Ev): with grouped heads, merged inside the Function
 
 
 def tile_mask(attn_mask: torch.Tensor, L: int, S: int) -> torch.Tensor:

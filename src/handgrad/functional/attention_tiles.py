@@ -1,6 +1,6 @@
 """The pieces attention.py's forward, backward and jvp share: which (queries x keys) tiles to compute, the
-masked scores of one tile (and their tangent), the key tiles' gradients summed and put side by side, dropout
-masks drawn again from a seed, and grouped-query heads as views.
+tiles themselves (cut with split), the masked scores of one tile (and their tangent), the key tiles' gradients
+summed and put side by side, dropout masks drawn again from a seed, and grouped-query heads as views.
 
 Reference: Dao et al., "FlashAttention" (2022), section 3.1 (tiling) and appendix B.2 (dropout masks
 regenerated from the random generator's state instead of stored); Ainslie et al., "GQA: Training
@@ -28,41 +28,60 @@ def tiles(n_queries: int, n_keys: int, block: int, is_causal: bool) -> Iterator[
     ``block`` rows too, and a query tile meets only the key tiles starting at or before its last query
     (top-left aligned: query i attends keys j <= i); the tiles above the diagonal are never computed.
     """
-    rows = block if is_causal else max(n_queries, 1)
+    rows = query_rows(n_queries, block, is_causal)
     for i0 in range(0, n_queries, rows):
         i1 = min(i0 + rows, n_queries)
         keys = [(j0, min(j0 + block, n_keys)) for j0 in range(0, n_keys, block) if not (is_causal and j0 > i1 - 1)]
         yield i0, i1, keys
 
 
-def scores(q_i: torch.Tensor, k_j: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+def query_rows(n_queries: int, block: int, is_causal: bool) -> int:
+    """Queries per tile: ``block`` with is_causal, else all of them (at least 1, so that ranges can step)."""
+    return block if is_causal else max(n_queries, 1)
+
+
+def cut(x: torch.Tensor | None, size: int, dim: int) -> dict[int, torch.Tensor]:
+    """x in pieces of ``size`` along ``dim``, keyed by where each starts: {0: x[0:size], size: x[size:2 size], ...}
+    ({} for None). split, not slicing: split's derivative is a cat (and cat's a split), where a slice's is
+    aten::slice_backward, so a backward that cuts its tiles here and puts them together with cat can be
+    differentiated again without any aten *_backward op."""
+    if x is None:
+        return {}
+    return dict(zip(range(0, x.size(dim), size), x.split(size, dim), strict=False))
+
+
+def cut_mask(mask: torch.Tensor | None, rows: int, block: int) -> dict[tuple[int, int], torch.Tensor]:
+    """The mask's (rows x block) tiles, {(i0, j0): mask[..., i0:i0 + rows, j0:j0 + block]} ({} for None)."""
+    return {(i0, j0): tile for i0, row in cut(mask, rows, -2).items() for j0, tile in cut(row, block, -1).items()}
+
+
+def scores(q_i: torch.Tensor, k_j: torch.Tensor, mask_ij: torch.Tensor | None, is_causal: bool,
            i0: int, i1: int, j0: int, j1: int, in_place: bool) -> torch.Tensor:
     """S_ij = q_i . k_j + M_ij of one tile, (..., i1 - i0, j1 - j0); q_i already carries the scale.
 
-    M is -inf where a bool mask is False or, with is_causal, where key j > query i (only tiles that reach
-    above the diagonal have such entries); a float mask is added as it is.
+    M is -inf where the tile of a bool mask, ``mask_ij``, is False or, with is_causal, where key j > query i
+    (only tiles that reach above the diagonal have such entries); a float mask's tile is added as it is.
     """
     s = q_i @ k_j.mT
     if is_causal and j1 - 1 > i0:
         above = torch.ones(i1 - i0, j1 - j0, dtype=torch.bool, device=s.device).triu(i0 - j0 + 1)  # j > i
         return s.masked_fill_(above, NEG_INF) if in_place else s.masked_fill(above, NEG_INF)
-    if mask is None:
+    if mask_ij is None:
         return s
-    tile = mask[..., i0:i1, j0:j1]
-    if tile.dtype == torch.bool:
-        return torch.where(tile, s, NEG_INF)
-    return s + tile.to(s.dtype)  # out of place: the mask's leading dims may be wider than the product's
+    if mask_ij.dtype == torch.bool:
+        return torch.where(mask_ij, s, NEG_INF)
+    return s + mask_ij.to(s.dtype)  # out of place: the mask's leading dims may be wider than the product's
 
 
-def tangent_scores(t_qs, t_key, t_mask, qs, k, i0, i1, j0, j1):
+def tangent_scores(t_qs_i, t_k_j, t_mask_ij, qs_i, k_j):
     """t_S of one tile: t_qs_i . k_j + qs_i . t_k_j (qs = scale q) + t_M_ij; None when no input has a tangent."""
     terms = []
-    if t_qs is not None:
-        terms.append(t_qs[..., i0:i1, :] @ k[..., j0:j1, :].mT)
-    if t_key is not None:
-        terms.append(qs[..., i0:i1, :] @ t_key[..., j0:j1, :].to(qs.dtype).mT)
-    if t_mask is not None:
-        terms.append(t_mask[..., i0:i1, j0:j1].to(qs.dtype))
+    if t_qs_i is not None:
+        terms.append(t_qs_i @ k_j.mT)
+    if t_k_j is not None:
+        terms.append(qs_i @ t_k_j.to(qs_i.dtype).mT)
+    if t_mask_ij is not None:
+        terms.append(t_mask_ij.to(qs_i.dtype))
     return sum(terms[1:], terms[0]) if terms else None
 
 
