@@ -94,8 +94,8 @@ class GPT(torch.nn.Module):
         logits = lm_head(ln_f(x))              (B, T, V)   lm_head.weight is wte.weight (tied)
 
     Args:
-        vocab_size: V, the number of distinct tokens.
-        block_size: the longest context (positions in wpe).
+        vocab_size: V, the number of distinct tokens (the command line sets it from the data).
+        block_size: the longest context, positions in wpe (the command line sets it from the data).
         n_layer: transformer blocks.
         n_head: attention heads per block.
         n_embd: the width C, a multiple of n_head.
@@ -164,12 +164,13 @@ class CharLSTM(torch.nn.Module):
         logits = head(h)             (B, T, V)
 
     Args:
-        vocab_size: V, the number of distinct tokens.
+        vocab_size: V, the number of distinct tokens (the command line sets it from the data).
         n_embd: the embedding width.
         hidden_size: the LSTM's state width.
         num_layers: stacked LSTM layers.
         dropout: between stacked LSTM layers and before the head; 0 is off.
-        block_size: the context that training windows and ``generate`` use (the LSTM itself takes any length).
+        block_size: the context of the training windows (the command line sets it from the data); the LSTM
+            itself takes any length.
         backend: "hand" (handgrad.nn layers) or "autograd" (torch.nn's). Weights: torch's default initialisation.
     """
 
