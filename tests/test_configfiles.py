@@ -8,8 +8,8 @@ from conftest import REPO
 from handgrad.configfiles import config_dir, config_label, packaged_configs, resolve_config, with_config_files
 from handgrad.errors import ConfigError
 
-SHIPPED = ["edge_of_stability", "full_batch", "lenet5", "mini_batch", "mlp_regularized", "mnist_mlp", "nielsen_ch1",
-           "sgd", "spirals"]
+SHIPPED = ["edge_of_stability", "full_batch", "gpt_addition", "gpt_chars", "lenet5", "lstm_chars", "mini_batch",
+           "mlp_regularized", "mnist_mlp", "nielsen_ch1", "sgd", "spirals"]
 
 
 def test_the_shipped_configs_are_the_files_under_configs():

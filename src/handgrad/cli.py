@@ -42,6 +42,7 @@ import time
 import warnings
 
 import torch
+import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer as LightningTrainer
@@ -56,9 +57,11 @@ from handgrad.configfiles import check_config_file, config_files, last_config, w
 from handgrad.data import DataModule
 from handgrad.errors import ConfigError
 from handgrad.lit_module import Classifier
+from handgrad.lm_module import LanguageModel
 from handgrad.preflight import check_settings
 from handgrad.stopping import GracefulStop, SignalConnector, Stopped
 from handgrad.terminal import EpochLines, ProgressBar, console_above_bar, process_seconds, say
+from handgrad.text_data import TokenDataModule
 
 # Our loaders cut batches from in-memory tensors: worker processes would only add cost.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -145,6 +148,33 @@ class TrainCLI(LightningCLI):
             return super().instantiate_trainer(**kwargs)
 
 
+class LanguageModelCLI(TrainCLI):
+    """TrainCLI for handgrad.lm_module.LanguageModel: the data is any TokenDataModule (``data.class_path``),
+    whose vocabulary and context length go to the model (model.vocab, model.net.vocab_size and block_size),
+    and the checkpoint kept for the test is the one of lowest val/loss."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
+        parser.link_arguments("data.vocab_size", "model.net.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.block_size", "model.net.init_args.block_size", apply_on="instantiate")
+        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min"})
+
+
+LANGUAGE_MODELS = ("GPT", "CharLSTM")  # the nets that make a config a language model's
+
+
+def trains_language_model(args: list[str]) -> bool:
+    """Whether the run's config files name a language model as model.net (handgrad.models.GPT or CharLSTM)."""
+    for path in reversed(config_files(args)):
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file) or {}
+        net = (config.get("model") or {}).get("net") if isinstance(config, dict) else None
+        if isinstance(net, dict) and "class_path" in net:
+            return str(net["class_path"]).rpartition(".")[2] in LANGUAGE_MODELS
+    return False
+
+
 PARSER: LightningArgumentParser | None = None  # the parser of the latest build()
 
 
@@ -197,7 +227,10 @@ def build(args: list[str], stop: GracefulStop | None = None) -> TrainCLI:
         "callbacks": [LatestCheckpoint(), stop],  # and a ProgressBar or EpochLines: instantiate_trainer
     }
     # exit_on_error=False: a bad value raises (and main reports it in one line) instead of printing the usage.
-    cli = TrainCLI(Classifier, DataModule, args=args, run=False, trainer_class=Trainer,
+    language = trains_language_model(args)  # a GPT or CharLSTM: LanguageModel, and the data by its class_path
+    cli_class, model_class, data_class = ((LanguageModelCLI, LanguageModel, TokenDataModule) if language else
+                                          (TrainCLI, Classifier, DataModule))
+    cli = cli_class(model_class, data_class, subclass_mode_data=language, args=args, run=False, trainer_class=Trainer,
                    trainer_defaults=trainer_defaults, seed_everything_default=0, auto_configure_optimizers=False,
                    save_config_kwargs={"overwrite": True},
                    parser_kwargs={"exit_on_error": False, "formatter_class": BriefSubclasses,

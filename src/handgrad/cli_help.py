@@ -22,8 +22,10 @@ from jsonargparse import ArgumentError, DefaultHelpFormatter
 from handgrad.configfiles import config_label, packaged_configs
 from handgrad.data import DataModule
 from handgrad.lit_module import Classifier
+from handgrad.lm_module import LanguageModel
 
 NETWORKS = ("handgrad.models.MLP", "handgrad.models.LeNet5")  # torchvision.ops.MLP makes the short name MLP ambiguous
+LANGUAGE_NETWORKS = ("handgrad.models.GPT", "handgrad.models.CharLSTM")  # a LanguageModel's
 HELP_FLAGS = ("-h", "--help", "--help_all")
 
 RUN_OPTIONS = {  # option -> its help, in the order shown
@@ -77,15 +79,23 @@ def short_help(parser, args: list[str], config: str) -> str:
     net_path = value("model.net.class_path", NETWORKS[0])
     module, _, name = net_path.rpartition(".")
     net_class = getattr(importlib.import_module(module), name)
-    others = [path for path in NETWORKS if path != net_path]
+    language = name in ("GPT", "CharLSTM")
+    networks = LANGUAGE_NETWORKS if language else NETWORKS
+    others = [path for path in networks if path.rpartition(".")[2] != name]
+    model_class: type = LanguageModel if language else Classifier
+    data_path = value("data.class_path", None)  # a language model's data names its class
+    data_class = getattr(importlib.import_module(data_path.rpartition(".")[0]), data_path.rpartition(".")[2]) \
+        if data_path else DataModule
     sections = [
         ("Run", [("--config", config_label(config), "a config's name (" + ", ".join(packaged_configs())
                   + ") or a YAML file; the options after it override it")]
          + [(f"--{key}", value(key, None), text) for key, text in RUN_OPTIONS.items()]),
-        ("The model, handgrad.lit_module.Classifier", class_options(Classifier, "model", value, skip="net")),
+        (f"The model, {model_class.__module__}.{model_class.__name__}",
+         class_options(model_class, "model", value, skip="net")),
         (f"The network, --model.net {net_path}" + (f" (or {', '.join(others)})" if others else ""),
          class_options(net_class, "model.net.init_args", value, shown_as="model.net")),
-        ("The data, handgrad.data.DataModule", class_options(DataModule, "data", value)),
+        (f"The data, {data_class.__module__}.{data_class.__name__}",
+         class_options(data_class, "data.init_args" if data_path else "data", value, shown_as="data")),
         ("Lightning's Trainer (a few of its options)",
          [(f"--trainer.{key}", value(f"trainer.{key}", None), text) for key, text in TRAINER_OPTIONS.items()]),
         ("The best checkpoint, Lightning's ModelCheckpoint",
@@ -98,7 +108,7 @@ def short_help(parser, args: list[str], config: str) -> str:
     for title, entries in sections:
         lines += ["", f"{title}:"] + [line for option, shown, text in entries
                                       for line in option_lines(option, shown, text, width)]
-    more = (f"More: --model.net.help {NETWORKS[0]} (or {NETWORKS[1]}) lists a network's options; --help_all lists "
+    more = (f"More: --model.net.help {networks[0]} (or {networks[1]}) lists a network's options; --help_all lists "
             f"all {options} options (Lightning's Trainer and ModelCheckpoint included) with this config's values; "
             "--print_config prints the resolved config. Each run goes to logs/<config>/version_N/; "
             "tensorboard --logdir logs shows the runs.")

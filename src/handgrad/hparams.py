@@ -30,10 +30,13 @@ METRICS = ("test/acc", "test/loss", "val/acc")
 
 def run_hparams(config, trainer) -> dict[str, Any]:
     """The hyperparameters of the run that ``config`` (LightningCLI's parsed config) describes."""
+    data = config.data.init_args if "init_args" in config.data else config.data  # a language model's: class_path
     return {
         "net": describe_net(config.model.net),
-        **{key: config.model[key] for key in ("loss", "optimizer", "lr", "momentum", "weight_decay")},
-        **{key: config.data[key] for key in ("dataset", "batch_size", "val_size", "chunk_size")},
+        **{key: config.model[key] for key in ("loss", "optimizer", "lr", "momentum", "weight_decay")
+           if key in config.model},
+        **{key: data[key] for key in ("dataset", "path", "digits", "block_size", "batch_size", "val_size",
+                                      "chunk_size") if key in data},
         "max_epochs": trainer.max_epochs,
         "precision": str(trainer.precision),
         "seed": config.seed_everything,

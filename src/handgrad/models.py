@@ -29,6 +29,7 @@ import torch
 
 import handgrad.functional as F
 import handgrad.nn
+from handgrad.models_lm import GPT, CharLSTM, generate  # noqa: F401  (the language models, re-exported)
 
 BACKENDS: dict[str, ModuleType] = {"hand": handgrad.nn, "autograd": torch.nn}
 

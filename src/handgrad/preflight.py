@@ -2,7 +2,8 @@
 before anything is written (handgrad.errors.ConfigError: the file or value, what is wrong, the fix).
 
     check_resume       the checkpoint to resume from: readable, a handgrad training checkpoint, of this
-                       network and optimiser, and of data settings that keep its place in the epoch (--restart_epoch)
+                       vocabulary (a language model's), network and optimiser, and of data settings that
+                       keep its place in the epoch (--restart_epoch)
     check_run_folder   the run's folder and its checkpoints/ can be written
     check_settings     numbers that are not finite (YAML's .nan, .inf), a run that would train nothing
 
@@ -36,6 +37,7 @@ def check_resume(path: str, model: torch.nn.Module, data_settings: dict[str, Any
     change the data order or the place in the epoch (unless ``restart_epoch``)."""
     checkpoint = read_checkpoint(path)
     check_data_settings(path, checkpoint, data_settings, restart_epoch, keys=("dataset",))
+    check_vocabulary(path, checkpoint, model)
     check_network(path, checkpoint, model)
     check_optimizer(path, checkpoint, model)
     check_data_settings(path, checkpoint, data_settings, restart_epoch, keys=ORDER + PLACE)
@@ -71,6 +73,19 @@ def _another_checkpoint(path: str) -> str:
         return f"pass another checkpoint, e.g. --ckpt_path {max(others, key=os.path.getmtime)}, or start afresh " \
                "without --ckpt_path"
     return "start afresh without --ckpt_path"
+
+
+def check_vocabulary(path: str, checkpoint: dict[str, Any], model: torch.nn.Module) -> None:
+    """Refuse a language model's checkpoint whose vocabulary (token i = vocab[i]) is not this run's data's."""
+    theirs, ours = (checkpoint.get("hyper_parameters") or {}).get("vocab"), getattr(model, "vocab", None)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    only_there, only_here = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+    what = (f"{''.join(only_there)[:20]!r} only there" if only_there else "") + \
+        ("; " if only_there and only_here else "") + (f"{''.join(only_here)[:20]!r} only here" if only_here else "")
+    raise ConfigError(f"--ckpt_path {path} was trained on a vocabulary of {len(theirs)} characters, this run's data "
+                      f"has {len(ours)} ({what or 'in another order'}); resume with the text it was trained on "
+                      "(data.path in its run's config.yaml), or start afresh without --ckpt_path")
 
 
 def check_network(path: str, checkpoint: dict[str, Any], model: torch.nn.Module) -> None:

@@ -182,7 +182,9 @@ def summary(trainer, model, results: Mapping[str, float], monitor: str | None, s
     minutes, secs = divmod(round(seconds), 60)
     took = f"{minutes} min {secs} s" if minutes else f"{seconds:.1f} s"
     tested = (f"test accuracy {100 * results['test/acc']:.2f}% ({what}), test loss {results['test/loss']:.4f}"
-              if "test/acc" in results else f"not tested ({what})")
+              if "test/acc" in results else
+              f"test loss {results['test/loss']:.4f}, perplexity {results['test/perplexity']:.2f} ({what})"
+              if "test/perplexity" in results else f"not tested ({what})")
     if not isinstance(trainer.logger, TensorBoardLogger):  # e.g. fast_dev_run's DummyLogger: no run folder
         return f"{tested}; {took}"
     return f"{tested}; {took}; run {trainer.logger.log_dir}; {tensorboard_command(trainer.logger.save_dir)}"

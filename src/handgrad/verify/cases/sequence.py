@@ -1,4 +1,4 @@
-"""Rows of the sequence ops (embedding, gelu, scaled_dot_product_attention) and their torch samples
+"""Rows of the sequence ops (embedding, gelu, scaled_dot_product_attention, residual_add) and their torch samples
 (OpInfo nn.functional.embedding / gelu / scaled_dot_product_attention; nn.Embedding, nn.GELU)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import handgrad.functional as F
 from handgrad.functional.attention import attention
 from handgrad.functional.attention_tiles import BLOCK, draw_seed, dropout_multipliers, grouped_heads
+from handgrad.functional.residual import residual_add
 from handgrad.verify.compare import Inputs, OpCase
 from handgrad.verify.inputs import elementwise_inputs, randn
 from handgrad.verify.known import KnownFailure
@@ -51,6 +52,12 @@ def _attention_inputs(query: tuple[int, ...], key: tuple[int, ...], value_dim: i
             inputs["attn_mask"] = bias.requires_grad_()
         return inputs
     return make
+
+
+def _residual_inputs(dtype, g):
+    """A residual stream (2, 5, 4) and an addend broadcast along its first dimension (5, 4), as the GPT's
+    position embeddings are."""
+    return dict(input=randn(2, 5, 4, dtype=dtype, generator=g), other=randn(5, 4, dtype=dtype, generator=g))
 
 
 def tiled_attention(block: int) -> Callable:
@@ -121,6 +128,7 @@ CASES: list[OpCase] = [
                                  "embedding_renorm_ fails under vmap too"}),
     OpCase("gelu(none)", F.gelu, torch_F.gelu, elementwise_inputs),
     OpCase("gelu(tanh)", F.gelu, torch_F.gelu, elementwise_inputs, dict(approximate="tanh")),
+    OpCase("residual_add(broadcast)", residual_add, torch.add, _residual_inputs),
     sdpa("3-D, L != S, Ev != E", _attention_inputs((2, 5, 4), (2, 7, 4), 6)),
     sdpa("4-D, causal", _attention_inputs((2, 3, 6, 4), (2, 3, 6, 4)), dict(is_causal=True)),
     sdpa("causal, L < S, 2-key tiles", _attention_inputs((2, 2, 5, 4), (2, 2, 8, 4), 3), dict(is_causal=True),
