@@ -24,7 +24,7 @@ the Output Embedding to Improve Language Models", 2017 (weight tying).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -32,8 +32,10 @@ import handgrad.nn
 from handgrad.functional.residual import residual_add
 from handgrad.models_blocks import BACKENDS, CausalSelfAttention
 
+M = TypeVar("M", bound=torch.nn.Module)
 
-def _layers(backend: str, who: str):
+
+def _layers(backend: str, who: str) -> Any:  # the module handgrad.nn or torch.nn
     """handgrad.nn for the hand backend, torch.nn for the autograd one; a ValueError for anything else."""
     if backend not in BACKENDS:
         raise ValueError(f"{who}: unknown backend {backend!r}; choose one of {', '.join(map(repr, BACKENDS))}")
@@ -187,7 +189,7 @@ class CharLSTM(torch.nn.Module):
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, idx: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                return_state: bool = False):
+                return_state: bool = False) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         h, state = self.lstm(self.embedding(idx), state)  # (B, T, hidden_size)
         logits = self.head(self.drop(h))  # (B, T, V)
         return (logits, state) if return_state else logits
@@ -200,7 +202,7 @@ class CharLSTM(torch.nn.Module):
         return f"backend={self.backend!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.spec.items())
 
 
-def _twin(model: torch.nn.Module, other: torch.nn.Module):
+def _twin(model: torch.nn.Module, other: M) -> M:
     other.to(next(model.parameters()))
     other.load_state_dict(model.state_dict())
     return other.train(model.training)
