@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as torch_F
 
 from handgrad.functional.function import (
     Autocast,
@@ -240,6 +241,7 @@ def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool 
 
 SQRT_HALF = math.sqrt(0.5)  # 1 / sqrt(2)
 INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)  # the standard normal density's factor
+LOG2_E = math.log2(math.e)  # e^z = 2^(z log2 e)
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 GELU_CUBIC = 0.044715  # the tanh approximation's cubic coefficient (Hendrycks & Gimpel)
 GELU_TANH_SATURATED = 10.0  # |x| beyond which tanh(u) rounds to +-1 in float64 (u > 43): 1 - tanh^2 u is exactly 0
@@ -256,10 +258,13 @@ class GELU(TwinnedFunction):
     grad_x = grad_y * dy/dx                   (saves the input x)
     jvp: t_y = t_x * dy/dx
 
-    bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does.
-    Finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh form's
-    derivative's tanh u and du/dx are evaluated at x clamped to +-10, past which tanh u rounds to +-1 and
-    1 - tanh^2 u is exactly 0 anyway (so x^3 never overflows into inf * 0, in the derivative or in its own
+    The forward is torch's own kernel (as conv2d's is torch's convolution), y in one pass, bit for bit torch's,
+    then y = min(y, max(x, 0)): a no-op (x Phi(x) <= max(x, 0) for every x) except where the kernel's x (1 + erf)
+    overflows to inf for a finite x > 1.7e38 in float32; there y = x. The derivatives are written here.
+    bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does. The derivative
+    is finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh
+    form's derivative's tanh u and du/dx are evaluated at x clamped to +-10, past which tanh u rounds to +-1
+    and 1 - tanh^2 u is exactly 0 anyway (so x^3 never overflows into inf * 0, in the derivative or in its own
     derivative; torch's kernel gives nan there for |x| > 1.8e19 in float32).
     Reference: Hendrycks & Gimpel, "Gaussian Error Linear Units (GELUs)", 2016.
     """
@@ -268,11 +273,9 @@ class GELU(TwinnedFunction):
 
     @staticmethod
     def forward(input, approximate):
-        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
-        if approximate == "tanh":
-            inner = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)
-            return (0.5 * x * (1 + torch.tanh(inner))).to(input.dtype)
-        return (x * 0.5 * (1 + torch.erf(x * SQRT_HALF))).to(input.dtype)
+        output = torch_F.gelu(input, approximate=approximate)  # torch's kernel: one pass, the formula above
+        bound = input.clamp_min(0)  # its overflow to inf (x > 1.7e38 in float32) back to x
+        return output.clamp_max_(bound) if may_overwrite() else torch.minimum(output, bound)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -283,12 +286,31 @@ class GELU(TwinnedFunction):
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return (grad_output * gelu_derivative(x, ctx.approximate)).to(x.dtype), None
+        return gelu_derivative_times(grad_output, x, ctx.approximate), None
 
     @staticmethod
     def jvp(ctx, t_input, _):
         (x,) = ctx.saved_tensors
-        return (t_input * gelu_derivative(x, ctx.approximate)).to(x.dtype)
+        return gelu_derivative_times(t_input, x, ctx.approximate)
+
+
+def gelu_derivative_times(grad: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
+    """grad * dy/dx of GELU (its docstring), rounded to the input's dtype.
+
+    The erf form, where ``may_overwrite(grad)`` allows (rule R3), in one temporary a = x / sqrt 2 and the
+    exponential beside it, since every fresh tensor costs more than an in-place pass over it:
+        e = 2^(-a^2 log2(e)) = e^(-a^2) = e^(-x^2 / 2)      (torch's exp2 kernel is twice as fast as its exp on CPU)
+        a <- 1 + erf(a) = 2 Phi(x)
+        a <- (a + 2 / sqrt(2 pi) x e) grad / 2 = grad (Phi(x) + x phi(x))
+    Elsewhere (a backward differentiated again, a torch.func transform) ``gelu_derivative`` out of place.
+    """
+    if approximate == "none" and may_overwrite(grad):
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
+        a = x * SQRT_HALF
+        e = a.square().mul_(-LOG2_E).exp2_()  # e^(-x^2 / 2)
+        a.erf_().add_(1)  # 2 Phi(x)
+        return a.addcmul_(x, e, value=2 * INV_SQRT_2PI).mul_(grad).mul_(0.5).to(input.dtype)
+    return (grad * gelu_derivative(input, approximate)).to(input.dtype)
 
 
 def gelu_derivative(input: torch.Tensor, approximate: str) -> torch.Tensor:
