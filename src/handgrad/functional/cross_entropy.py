@@ -13,6 +13,8 @@ smoothing); torch.nn.functional.cross_entropy.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from handgrad.functional.class_targets import (
@@ -23,15 +25,24 @@ from handgrad.functional.class_targets import (
     loss_scale,
     per_row,
 )
-from handgrad.functional.function import Autocast, TwinnedFunction, twinned
+from handgrad.functional.function import Autocast, TwinnedFunction, may_overwrite, twinned
 from handgrad.functional.reduction import check_floating, reduction_of
-from handgrad.functional.softmax import shifted
+
+LOG2_E = math.log2(math.e)  # e^z = 2^(z log2 e)
 
 
 def log_softmax_classes(input: torch.Tensor) -> torch.Tensor:
-    """log p = (x - m) - log sum_c e^(x_c - m),  m = max_c x_c, along the class dim 1 (exponents <= 0)."""
-    x = shifted(input, 1)
-    return x - torch.log(torch.exp(x).sum(1, keepdim=True))
+    """log p = (x - m) - log sum_c e^(x_c - m),  m = max_c x_c, along the class dim 1 (exponents <= 0):
+    torch's log_softmax kernel, which computes that formula in one pass (the forward only: every
+    derivative here is written out)."""
+    return torch.log_softmax(input, 1)
+
+
+def probabilities(log_p: torch.Tensor, overwrite: bool) -> torch.Tensor:
+    """p = e^(log p), a new tensor. With ``overwrite`` (may_overwrite(): rule R3) as 2^(log p log2 e), in place
+    on the product: torch's exp2 kernel is about twice as fast as its exp on CPU, and log p <= 0 keeps
+    the rounding of the product below |log p| ulp of p's exponent."""
+    return (log_p * LOG2_E).exp2_() if overwrite else torch.exp(log_p)
 
 
 def through_log_softmax(p: torch.Tensor, grad_log_p: torch.Tensor) -> torch.Tensor:
@@ -80,13 +91,16 @@ class CrossEntropy(TwinnedFunction):
     @staticmethod
     def backward(ctx, grad_loss, grad_log_p):
         log_p, target, rows, mask, weight = ctx.saved_tensors
-        p = torch.exp(log_p)  # (N, C, *d)
         if grad_loss is not None and grad_log_p is None and not ctx.smoothing:  # two kernels (docstring)
-            grad = p.scatter_add(1, target.unsqueeze(1), -torch.ones_like(p[:, :1]))  # p - onehot(t)
+            overwrite = may_overwrite(grad_loss)  # R3: p is ours
+            p = probabilities(log_p, overwrite)  # (N, C, *d)
+            minus_one = -torch.ones_like(p[:, :1])
+            grad = (p.scatter_add_ if overwrite else p.scatter_add)(1, target.unsqueeze(1), minus_one)  # p - onehot(t)
             scale = loss_scale(grad_loss, target, rows, ctx.reduction)  # s
-            if rows is None and ctx.reduction != "none":
-                return grad * scale, None, None, None, None, None, None
-            return grad * per_row(scale, rows, target), None, None, None, None, None, None
+            if rows is not None or ctx.reduction == "none":
+                scale = per_row(scale, rows, target)  # s_i r_i  (N, 1, *d)
+            return grad.mul_(scale) if overwrite else grad * scale, None, None, None, None, None, None
+        p = torch.exp(log_p)  # (N, C, *d)
         grads = grad_log_p
         if grad_loss is not None:
             from_loss = linear_loss_adjoint(grad_loss, p, target, rows, mask, weight, ctx.reduction, ctx.smoothing)
