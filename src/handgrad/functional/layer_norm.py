@@ -39,30 +39,16 @@ class LayerNorm(TwinnedFunction):
     t_mean      = mean(t_x),   t_r = -r^2 mean(x_hat t_x)                                   (jvp)
     t_y         = weight r (t_x - mean(t_x) - x_hat mean(x_hat t_x)) + t_weight x_hat + t_bias
 
-    Saves x, weight, mean and r, as autograd does.
+    Saves x, weight, mean and r, as autograd does. The forward is torch's native_layer_norm kernel (y, mean
+    and r in one pass over each row); every derivative is written here.
     """
 
     autocast = {"cuda": Autocast.FLOAT32, "cpu": Autocast.FLOAT32_INSIDE}  # as torch's layer_norm
 
     @staticmethod
     def forward(input, normalized_ndim, weight, bias, eps):
-        dims = tuple(range(-normalized_ndim, 0))
-        mean = input.mean(dims, keepdim=True)  # (*, 1...)
-        centered = input - mean  # (*, D...)
-        invstd = torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)  # (*, 1...)
-        if may_overwrite():  # R3: centered is ours (under vmap the weight may be batched where x is not)
-            output = centered.mul_(invstd)
-            if weight is not None:
-                output *= weight
-            if bias is not None:
-                output += bias
-        else:
-            output = centered * invstd
-            if weight is not None:
-                output = output * weight
-            if bias is not None:
-                output = output + bias
-        return output, mean, invstd
+        normalized_shape = input.shape[input.dim() - normalized_ndim:]  # D...
+        return torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # y, mean, r (*, 1...)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -78,6 +64,9 @@ class LayerNorm(TwinnedFunction):
     @staticmethod
     def backward(ctx, grad_output, grad_mean, grad_invstd):
         input, weight, mean, invstd = ctx.saved_tensors
+        if (grad_mean is None and grad_invstd is None and grad_output is not None and weight is not None
+                and ctx.row_size > 1 and may_overwrite(grad_output)):  # every ordinary first-order backward
+            return first_order_backward(ctx, grad_output, input, weight, mean, invstd)
         dims = tuple(range(-ctx.normalized_ndim, 0))  # within a row
         rows = tuple(range(input.dim() - ctx.normalized_ndim))  # across rows
         centered = input - mean  # (*, D...)
@@ -121,6 +110,34 @@ class LayerNorm(TwinnedFunction):
         if t_bias is not None:
             t_output = t_output + t_bias
         return t_output, t_mean, -invstd * invstd * mean_xhat_t
+
+
+def first_order_backward(ctx, grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+                         mean: torch.Tensor, invstd: torch.Tensor) -> tuple:
+    """LayerNorm's backward for the gradient of y alone, with a weight, in place (rule R3): terms (1)-(3) as
+
+        grad_x = r (g - mean(g) - x_hat mean(g x_hat)),   g = grad_y * weight,
+        mean(g) = (grad_y . weight) / D,   mean(g x_hat) = ((grad_y x_hat) . weight) / D   (one dot per row)
+
+    so that g is never formed on its own: grad_y x_hat (needed for grad_weight anyway) is the only
+    temporary beside x_hat, the two means are matrix-vector products, and grad_x is built in x_hat's memory.
+    """
+    ndim = input.dim() - ctx.normalized_ndim  # the row dimensions come first
+    rows = tuple(range(ndim))
+    xhat = (input - mean).mul_(invstd)  # (*, D...)
+    grad_xhat_weighted = grad_output * xhat  # grad_y x_hat  (*, D...)
+    grad_input = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[2]:
+        grad_weight = sum_rows(grad_xhat_weighted, rows)  # (D...)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = sum_rows(grad_output, rows)  # (D...)
+    if ctx.needs_input_grad[0]:
+        w = weight.reshape(-1) / -ctx.row_size  # -w / D  (D,)
+        minus_mean_g = (grad_output.flatten(ndim) @ w).view(mean.shape)  # -mean(g)  (*, 1...)
+        minus_mean_g_xhat = (grad_xhat_weighted.flatten(ndim) @ w).view(mean.shape)  # -mean(g x_hat)
+        grad_input = xhat.mul_(minus_mean_g_xhat).addcmul_(grad_output, weight)  # (3) + (1)
+        grad_input.add_(minus_mean_g).mul_(invstd)  # + (2), times r
+    return grad_input, None, grad_weight, grad_bias, None
 
 
 def sum_rows(t: torch.Tensor, rows: tuple[int, ...]) -> torch.Tensor:
