@@ -5,6 +5,9 @@ log-sum-exp L: O(T) beyond q, k and v, where autograd of the composed ops keeps 
 Backward recomputes the probabilities tile by tile as P = exp(S - L). Forward and backward both walk
 (queries x keys) tiles of at most BLOCK keys, so their temporaries are O(T) too. With is_causal, queries
 come in tiles as well, and tiles that lie wholly above the diagonal (every key after every query) are skipped.
+When one tile holds every score (at most BLOCK keys, and queries with is_causal) and no mask can empty a row,
+the forward and a first-order backward skip the online rescaling and take P from torch's softmax kernel
+(one_tile_forward, one_tile_backward); what is saved is the same.
 
 References: Dao, Fu, Ermon, Rudra & Re, "FlashAttention: Fast and Memory-Efficient Exact Attention with
 IO-Awareness", NeurIPS 2022 (Algorithm 1, the online softmax; Algorithms 2 and 4, the backward from O and
@@ -88,6 +91,10 @@ class Attention(TwinnedFunction):
                                        mask.shape[:-2] if mask is not None else ())
         ok = may_overwrite()
         dropout = TileDropout(seed, dropout_p, acc, query.device)
+        if one_tile(L, S, block, is_causal) and mask is None:
+            output, lse = one_tile_forward(qs, k, v, is_causal, dropout, ok)
+            output, lse = merge_heads(output, lse, grouped)
+            return output.to(query.dtype), lse
         lowest = torch.finfo(acc).min
         rows = query_rows(L, block, is_causal)
         q_tiles, k_tiles, v_tiles, mask_tiles = cut(qs, rows, -2), cut(k, block, -2), cut(v, block, -2), \
@@ -146,6 +153,16 @@ class Attention(TwinnedFunction):
         ok = may_overwrite(grad_output if grad_output is not None else grad_lse)
         dropout = TileDropout(ctx.seed, ctx.dropout_p, acc, query.device)
         d_out = None if grad_output is None else grad_output.to(acc)
+        if ok and d_out is not None and grad_lse is None and mask is None and one_tile(L, S, ctx.block, ctx.is_causal):
+            grad_query, grad_key, grad_value = one_tile_backward(qs, k, v, out.to(acc), d_out, ctx.is_causal, dropout,
+                                                                 needs_q, needs_k, needs_v)
+            if grad_query is not None:
+                grad_query = grad_query.mul_(ctx.scale).sum_to_size(query.shape).to(query.dtype)
+            if grad_key is not None:
+                grad_key = grad_key.sum_to_size(key.shape).to(key.dtype)
+            if grad_value is not None:
+                grad_value = grad_value.sum_to_size(value.shape).to(value.dtype)
+            return grad_query, grad_key, grad_value, None, None, None, None, None, None, None
         D = torch.zeros_like(lse).unsqueeze(-1)  # (..., L, 1): dO_i . O_i - dL_i
         if d_out is not None:
             D = D + (d_out * out.to(acc)).sum(-1, keepdim=True)
@@ -235,6 +252,52 @@ class Attention(TwinnedFunction):
             return merge_heads(torch.zeros_like(out), torch.zeros_like(lse), ctx.grouped)
         # R8: tensors, never None
         return merge_heads(torch.cat(t_outs, -2).to(out.dtype), torch.cat(t_lses, -2).squeeze(-1), ctx.grouped)
+
+
+# --------------------------------------------------------------------------- one tile
+
+
+def one_tile(n_queries: int, n_keys: int, block: int, is_causal: bool) -> bool:
+    """Whether ``tiles`` walks a single (queries x keys) tile, which holds every score: 1 <= n_keys <= block,
+    and with is_causal 1 <= n_queries <= block too (without it the queries always form one tile)."""
+    return 0 < n_keys <= block and 0 < n_queries and (not is_causal or n_queries <= block)
+
+
+def one_tile_forward(qs: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, dropout: TileDropout,
+                     in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention's forward when one tile holds every score and every row attends a key (no mask; is_causal's
+    row i attends key 0 <= i): no online rescaling, the softmax in one kernel, and from it
+
+        m_i = max_j S_ij,   P_ij = e^(S_ij - m_i) / sum_k e^(S_ik - m_i) = torch.softmax(S)_ij
+        L_i = m_i + log sum_j e^(S_ij - m_i) = m_i - log max_j P_ij          (P is 1 / sum at the max)
+        O_i = sum_j P_ij Z_ij v_j
+
+    qs (..., L, E) carries the scale; returns O (..., L, Ev) and L (..., L). The (L, S) tile is a temporary.
+    """
+    s = scores(qs, k, None, is_causal, 0, qs.size(-2), 0, k.size(-2), in_place)  # (..., L, S)
+    p = torch.softmax(s, -1)  # (..., L, S)
+    lse = s.amax(-1) - torch.log(p.amax(-1))  # (..., L)
+    return dropout.apply(p) @ v, lse
+
+
+def one_tile_backward(qs: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, d_out: torch.Tensor,
+                      is_causal: bool, dropout: TileDropout, needs_q: bool, needs_k: bool, needs_v: bool) -> tuple:
+    """Attention's first-order backward (grad mode off, no gradient of L, no mask) when one tile holds every
+    score: the class docstring's formulas with D_i = dO_i . O_i, P recomputed as torch.softmax(S) (equal to
+    e^(S - L), in one kernel), in place on the tile's own temporaries. Returns dq / scale (the caller scales it),
+    dk and dv in the broadcast leading dims, None where not needed."""
+    s = scores(qs, k, None, is_causal, 0, qs.size(-2), 0, k.size(-2), True)  # (..., L, S)
+    p = torch.softmax(s, -1)
+    z = dropout.multiplier(p.shape)  # None without dropout
+    D = (d_out * out).sum(-1, keepdim=True)  # (..., L, 1)
+    grad_v = ((p if z is None else p * z).mT @ d_out) if needs_v else None  # (..., S, Ev)
+    dp = d_out @ v.mT  # (..., L, S)
+    if z is not None:
+        dp.mul_(z)
+    ds = dp.sub_(D).mul_(p)  # dS = P (dP - D)
+    grad_q = ds @ k if needs_q else None  # (..., L, E), before the scale
+    grad_k = ds.mT @ qs if needs_k else None  # (..., S, E): qs carries the scale
+    return grad_q, grad_k, grad_v
 
 
 def merge_heads(out: torch.Tensor, lse: torch.Tensor, grouped: bool) -> tuple[torch.Tensor, torch.Tensor]:
