@@ -245,15 +245,26 @@ def test_attention_with_no_queries_or_no_keys_matches_torch(L, S):
     compare(F.scaled_dot_product_attention, torch_F.scaled_dot_product_attention, inputs).assert_close()
 
 
+@pytest.mark.parametrize("block", [16, BLOCK], ids=["tiles", "one tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_attention_with_large_scores_stays_finite_and_equal(dtype):
+def test_attention_with_large_scores_stays_finite_and_equal(dtype, block):
     q, k, v = (torch.randn(2, 40, 8, dtype=dtype, requires_grad=True) for _ in range(3))
     inputs = dict(query=(q.detach() * 300).requires_grad_(), key=k, value=v)
-    comparison = compare(lambda **kw: attention(**kw, block=16), torch_F.scaled_dot_product_attention, inputs,
+    comparison = compare(lambda **kw: attention(**kw, block=block), torch_F.scaled_dot_product_attention, inputs,
                          dict(is_causal=True))
     assert all(torch.isfinite(g).all() for g in comparison.grads.values())
     # Scores near 1e3: float32's rounding of S alone is ~1e-4 of a weight, whichever kernel computes it.
     comparison.assert_close(rtol=1e-3, atol=1e-3) if dtype == torch.float32 else comparison.assert_close()
+
+
+@pytest.mark.parametrize("block", [2, BLOCK], ids=["tiles", "one tile"])
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_causal_attention_never_reads_a_later_key(bad, block):
+    q, k, v = (torch.randn(2, 6, 4) for _ in range(3))
+    k[:, -1] = bad  # the last key: only the last query may see it
+    out = attention(q, k, v, is_causal=True, block=block)
+    expected = torch_F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out[:, :-1], expected[:, :-1])  # finite, as torch's
 
 
 def test_attention_under_bfloat16_autocast_runs_in_bfloat16_like_torch():
