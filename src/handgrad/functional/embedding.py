@@ -48,7 +48,8 @@ class Embedding(TwinnedFunction):
                              "backward too); pass sparse=False or scale_grad_by_freq=False")
         num_embeddings, dim = ctx.weight_shape
         positions = indices.reshape(-1)  # (N,)
-        grad_rows = grad_output.reshape(-1, dim)  # (N, D)
+        grad_rows = grad_output.reshape(-1, dim).contiguous()  # (N, D); index_add takes a slower path for a
+        # broadcast gradient (stride 0, e.g. from a sum), several times the cost of this copy
         if ctx.scale_grad_by_freq:
             counts = torch.bincount(positions, minlength=num_embeddings)  # (V,)
             grad_rows = grad_rows * (1 / counts[positions].to(grad_rows.dtype))[:, None]
@@ -118,8 +119,8 @@ def check_indices(indices: torch.Tensor, num_embeddings: int) -> None:
     torch.compile, where a Python branch on tensor values is not possible (the lookup then fails by itself)."""
     if indices.numel() == 0 or torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return
-    outside = (indices < 0) | (indices >= num_embeddings)
-    if outside.any():
-        bad = int(indices[outside][0])
+    low, high = (int(value) for value in torch.aminmax(indices))  # one kernel where a mask takes four
+    if low < 0 or high >= num_embeddings:
+        bad = int(indices[(indices < 0) | (indices >= num_embeddings)][0])
         raise IndexError(f"embedding: index {bad} is out of range for {num_embeddings} embeddings (valid: 0 to "
                          f"{num_embeddings - 1}); the vocabulary or num_embeddings is too small")
