@@ -259,8 +259,8 @@ class GELU(TwinnedFunction):
     jvp: t_y = t_x * dy/dx
 
     The forward is torch's own kernel (as conv2d's is torch's convolution), y in one pass, bit for bit torch's,
-    then y = min(y, max(x, 0)): a no-op (x Phi(x) <= max(x, 0) for every x) except where the kernel's x (1 + erf)
-    overflows to inf for a finite x > 1.7e38 in float32; there y = x. The derivatives are written here.
+    then y = x where that y is +inf: the kernel's x (1 + erf) overflows for a finite x > 1.7e38 in float32, where
+    Phi(x) rounds to 1 (a bool mask: a quarter of the memory of a float bound). The derivatives are written here.
     bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does. The derivative
     is finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh
     form's derivative's tanh u and du/dx are evaluated at x clamped to +-10, past which tanh u rounds to +-1
@@ -274,8 +274,10 @@ class GELU(TwinnedFunction):
     @staticmethod
     def forward(input, approximate):
         output = torch_F.gelu(input, approximate=approximate)  # torch's kernel: one pass, the formula above
-        bound = input.clamp_min(0)  # its overflow to inf (x > 1.7e38 in float32) back to x
-        return output.clamp_max_(bound) if may_overwrite() else torch.minimum(output, bound)
+        overflow = output == math.inf  # x > 1.7e38 in float32 (or x = inf): y is x there
+        if may_overwrite():  # R3: output is ours
+            return torch.where(overflow, input, output, out=output)
+        return torch.where(overflow, input, output)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
