@@ -36,6 +36,9 @@ class Linear(TwinnedFunction):
             return input @ weight.mT
         if input.dim() == 2:
             return torch.addmm(bias, input, weight.mT)  # b + x W^T in one kernel
+        if input.dim() > 2 and input.is_contiguous():  # the rows as one matrix, a view: still one kernel, as torch's
+            rows = input.view(math.prod(input.shape[:-1]), input.shape[-1])  # (N, D_in); N explicit: D_in may be 0
+            return torch.addmm(bias, rows, weight.mT).view(*input.shape[:-1], weight.shape[0])
         return input @ weight.mT + bias
 
     @staticmethod
