@@ -309,7 +309,7 @@ def gelu_derivative_times(grad: torch.Tensor, input: torch.Tensor, approximate: 
     if approximate == "none" and may_overwrite(grad):
         x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
         a = x * SQRT_HALF
-        e = a.square().mul_(-LOG2_E).exp2_()  # e^(-x^2 / 2)
+        e = (a * a).mul_(-LOG2_E).exp2_()  # e^(-x^2 / 2)
         a.erf_().add_(1)  # 2 Phi(x)
         return a.addcmul_(x, e, value=2 * INV_SQRT_2PI).mul_(grad).mul_(0.5).to(input.dtype)
     return (grad * gelu_derivative(input, approximate)).to(input.dtype)
