@@ -116,27 +116,27 @@ def first_order_backward(ctx, grad_output: torch.Tensor, input: torch.Tensor, we
                          mean: torch.Tensor, invstd: torch.Tensor) -> tuple:
     """LayerNorm's backward for the gradient of y alone, with a weight, in place (rule R3): terms (1)-(3) as
 
-        grad_x = r (g - mean(g) - x_hat mean(g x_hat)),   g = grad_y * weight,
+        grad_x = r (g - mean(g)) - r x_hat mean(g x_hat),   g = grad_y * weight,
         mean(g) = (grad_y . weight) / D,   mean(g x_hat) = ((grad_y x_hat) . weight) / D   (one dot per row)
 
-    so that g is never formed on its own: grad_y x_hat (needed for grad_weight anyway) is the only
-    temporary beside x_hat, the two means are matrix-vector products, and grad_x is built in x_hat's memory.
+    in one temporary of the input's size, where each new one costs more than a pass over it: it holds x_hat,
+    then grad_y x_hat (summed into grad_weight and dotted with the weight), then x - mean again, which grad_x
+    is built on. g itself is never formed: the two means are matrix-vector products.
     """
     ndim = input.dim() - ctx.normalized_ndim  # the row dimensions come first
     rows = tuple(range(ndim))
-    xhat = (input - mean).mul_(invstd)  # (*, D...)
-    grad_xhat_weighted = grad_output * xhat  # grad_y x_hat  (*, D...)
+    work = (input - mean).mul_(invstd).mul_(grad_output)  # grad_y x_hat  (*, D...)
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[2]:
-        grad_weight = sum_rows(grad_xhat_weighted, rows)  # (D...)
+        grad_weight = sum_rows(work, rows) if rows else work.clone()  # (D...); one row: work is reused below
     if ctx.has_bias and ctx.needs_input_grad[3]:
         grad_bias = sum_rows(grad_output, rows)  # (D...)
     if ctx.needs_input_grad[0]:
         w = weight.reshape(-1) / -ctx.row_size  # -w / D  (D,)
         minus_mean_g = (grad_output.flatten(ndim) @ w).view(mean.shape)  # -mean(g)  (*, 1...)
-        minus_mean_g_xhat = (grad_xhat_weighted.flatten(ndim) @ w).view(mean.shape)  # -mean(g x_hat)
-        grad_input = xhat.mul_(minus_mean_g_xhat).addcmul_(grad_output, weight)  # (3) + (1)
-        grad_input.add_(minus_mean_g).mul_(invstd)  # + (2), times r
+        minus_mean_g_xhat = (work.flatten(ndim) @ w).view(mean.shape)  # -mean(g x_hat)
+        grad_input = torch.sub(input, mean, out=work).mul_(invstd * minus_mean_g_xhat)  # (3): -x_hat mean(g x_hat)
+        grad_input.addcmul_(grad_output, weight).add_(minus_mean_g).mul_(invstd)  # + (1) + (2), times r
     return grad_input, None, grad_weight, grad_bias, None
 
 
