@@ -23,6 +23,7 @@ from handgrad.functional.function import (
     twinned,
     zero_link,
 )
+from handgrad.functional.reduction import may_read_values
 
 # --------------------------------------------------------------------------- sigmoid
 
@@ -260,7 +261,9 @@ class GELU(TwinnedFunction):
 
     The forward is torch's own kernel (as conv2d's is torch's convolution), y in one pass, bit for bit torch's,
     then y = x where that y is +inf: the kernel's x (1 + erf) overflows for a finite x > 1.7e38 in float32, where
-    Phi(x) rounds to 1 (a bool mask: a quarter of the memory of a float bound). The derivatives are written here.
+    Phi(x) rounds to 1. On the CPU outside torch.func and dynamo (may_read_values) the largest x, one reduction,
+    first tells whether any x comes near that, and the fix is skipped when none does. The derivatives are
+    written here.
     bfloat16 / float16 inputs are computed in float32 and rounded once, as torch's kernel does. The derivative
     is finite for every finite x: erf and tanh saturate to +-1, e^(-x^2 / 2) underflows to 0, and the tanh
     form's derivative's tanh u and du/dx are evaluated at x clamped to +-10, past which tanh u rounds to +-1
@@ -274,6 +277,8 @@ class GELU(TwinnedFunction):
     @staticmethod
     def forward(input, approximate):
         output = torch_F.gelu(input, approximate=approximate)  # torch's kernel: one pass, the formula above
+        if may_read_values(input) and input.numel() and float(input.amax()) <= gelu_overflow_free(input.dtype):
+            return output  # one reduction on the host tells that no x reaches the overflow (nan: not <=)
         overflow = output == math.inf  # x > 1.7e38 in float32 (or x = inf): y is x there
         if may_overwrite():  # R3: output is ours
             return torch.where(overflow, input, output, out=output)
@@ -294,6 +299,12 @@ class GELU(TwinnedFunction):
     def jvp(ctx, t_input, _):
         (x,) = ctx.saved_tensors
         return gelu_derivative_times(t_input, x, ctx.approximate)
+
+
+def gelu_overflow_free(dtype: torch.dtype) -> float:
+    """A bound below which torch's gelu kernel never overflows, x (1 + erf) <= 2x: a quarter of the largest number
+    of the dtype it computes in (float32 for half precision)."""
+    return torch.finfo(torch.promote_types(dtype, torch.float32)).max / 4
 
 
 def gelu_derivative_times(grad: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
