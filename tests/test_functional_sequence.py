@@ -13,6 +13,7 @@ from test_functional import non_contiguous, with_requires_grad
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import handgrad.functional as F
+from handgrad.functional.activations import GELU_CHUNK
 from handgrad.functional.attention import attention
 from handgrad.functional.attention_tiles import BLOCK, draw_seed, dropout_multipliers
 from handgrad.verify import compare
@@ -92,6 +93,16 @@ def test_embedding_errors_name_the_value_and_the_fix(call, error, message):
 
 
 # --------------------------------------------------------------------------- gelu
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_gradient_over_several_slices_matches_torch(dtype):
+    # more elements than two of gelu_derivative_times's slices, not a multiple of one; a non-contiguous input
+    x = torch.randn(3, 2 * GELU_CHUNK // 3 + 7, dtype=dtype).mT.requires_grad_()
+    grad = torch.randn(x.shape, dtype=dtype)
+    (ours,) = torch.autograd.grad(F.gelu(x), x, grad)
+    (expected,) = torch.autograd.grad(torch_F.gelu(x), x, grad)
+    torch.testing.assert_close(ours, expected)
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])

@@ -310,8 +310,11 @@ def gelu_overflow_free(dtype: torch.dtype) -> float:
 def gelu_derivative_times(grad: torch.Tensor, input: torch.Tensor, approximate: str) -> torch.Tensor:
     """grad * dy/dx of GELU (its docstring), rounded to the input's dtype.
 
-    The erf form, where ``may_overwrite(grad)`` allows (rule R3), in one temporary a = x / sqrt 2 and the
-    exponential beside it, since every fresh tensor costs more than an in-place pass over it:
+    The erf form, where ``may_overwrite(grad)`` allows (rule R3), in place in the result's memory, a slice a
+    of GELU_CHUNK elements at a time, with the exponential in a temporary of one slice beside it: a fresh
+    tensor of the whole input's size costs more than an in-place pass over it (the GPT step: ~0.6 ms for
+    2 MiB), and a slice's temporary is reused by the next slice.
+        a = x / sqrt 2
         e = 2^(-a^2 log2(e)) = e^(-a^2) = e^(-x^2 / 2)      (torch's exp2 kernel is twice as fast as its exp on CPU)
         a <- 1 + erf(a) = 2 Phi(x)
         a <- (a + 2 / sqrt(2 pi) x e) grad / 2 = grad (Phi(x) + x phi(x))
@@ -319,11 +322,18 @@ def gelu_derivative_times(grad: torch.Tensor, input: torch.Tensor, approximate: 
     """
     if approximate == "none" and may_overwrite(grad):
         x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision: computed in float32
-        a = x * SQRT_HALF
-        e = (a * a).mul_(-LOG2_E).exp2_()  # e^(-x^2 / 2)
-        a.erf_().add_(1)  # 2 Phi(x)
-        return a.addcmul_(x, e, value=2 * INV_SQRT_2PI).mul_(grad).mul_(0.5).to(input.dtype)
+        result = torch.empty_like(x, memory_format=torch.contiguous_format)
+        for x_i, grad_i, a in zip(x.reshape(-1).split(GELU_CHUNK), grad.reshape(-1).split(GELU_CHUNK),
+                                  result.view(-1).split(GELU_CHUNK), strict=True):
+            torch.mul(x_i, SQRT_HALF, out=a)  # a = x / sqrt 2
+            e = (a * a).mul_(-LOG2_E).exp2_()  # e^(-x^2 / 2)
+            a.erf_().add_(1)  # 2 Phi(x)
+            a.addcmul_(x_i, e, value=2 * INV_SQRT_2PI).mul_(grad_i).mul_(0.5)
+        return result.view(x.shape).to(input.dtype)
     return (grad * gelu_derivative(input, approximate)).to(input.dtype)
+
+
+GELU_CHUNK = 2**17  # elements of a slice in gelu_derivative_times: 512 KiB in float32
 
 
 def gelu_derivative(input: torch.Tensor, approximate: str) -> torch.Tensor:
