@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -112,7 +113,7 @@ class LayerNorm(TwinnedFunction):
         return t_output, t_mean, -invstd * invstd * mean_xhat_t
 
 
-def first_order_backward(ctx, grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
+def first_order_backward(ctx: Any, grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                          mean: torch.Tensor, invstd: torch.Tensor) -> tuple:
     """LayerNorm's backward for the gradient of y alone, with a weight, in place (rule R3): terms (1)-(3) as
 
