@@ -141,8 +141,6 @@ class Classifier(ResumableModule):
         self.cost = loss_function(loss, getattr(net, "backend", "hand"))
         self.fused_blocker = "model.fused=false" if fused is False else blocker  # None: the fused step applies
         self.fused_step: bool | None = None  # the path the latest chunk took
-        self.loaded_step: int | None = None  # optimiser step and epoch (0-based) of the latest checkpoint loaded
-        self.loaded_epoch: int | None = None
         self.val_loss, self.val_acc = MeanMetric(), MulticlassAccuracy(self.num_classes, average="micro")
         self.test_loss, self.test_acc = MeanMetric(), MulticlassAccuracy(self.num_classes, average="micro")
 
@@ -320,14 +318,6 @@ class Classifier(ResumableModule):
         for state in checkpoint.get("optimizer_states", []):
             for group in state["param_groups"]:
                 group.update(self.optimizer_settings)
-        self.loaded_step, self.loaded_epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
-
-    @property
-    def tested_step(self) -> int:
-        """The optimiser step of the weights trainer.test runs on: the loaded checkpoint's, else the latest."""
-        if self.trainer.ckpt_path is not None and self.loaded_step is not None:
-            return self.loaded_step
-        return self.global_step
 
     def configure_optimizers(self) -> HandOptimizer:
         return self.optimizer_class(self.net.parameters(), **self.optimizer_settings)

@@ -108,8 +108,6 @@ class LanguageModel(ResumableModule):
         self.automatic_optimization = False  # training_step steps the optimiser itself, once per mini-batch
         self.net, self.vocab = net, vocab
         self.cost = F.cross_entropy if getattr(net, "backend", "hand") == "hand" else torch_F.cross_entropy
-        self.loaded_step: int | None = None  # optimiser step and epoch of the latest checkpoint loaded
-        self.loaded_epoch: int | None = None
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self.test_loss, self.test_acc = MeanMetric(), MeanMetric()
 
@@ -249,17 +247,7 @@ class LanguageModel(ResumableModule):
         self.net.train(was_training)
         writer.add_text("samples", "    " + text.replace("\n", "\n    "), self.global_step)  # markdown: verbatim
 
-    # ----------------------------------------------------------------------- resuming, the optimiser
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.loaded_step, self.loaded_epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
-
-    @property
-    def tested_step(self) -> int:
-        if self.trainer.ckpt_path is not None and self.loaded_step is not None:
-            return self.loaded_step
-        return self.global_step
+    # ----------------------------------------------------------------------- the optimiser
 
     def configure_optimizers(self) -> AdamW:
         """AdamW with weight decay on the matrices (dim >= 2: Linear weights, embeddings) and none on the rest."""

@@ -47,6 +47,15 @@ class ResumableModule(L.LightningModule):
 
     restart_epoch: bool = False  # resume at the start of the checkpoint's epoch (--restart_epoch)
     position_base: tuple[int, int] = (0, 0)  # (optimiser step, epoch) at which an epoch began
+    loaded_step: int | None = None  # optimiser step and epoch (0-based) of the latest checkpoint loaded
+    loaded_epoch: int | None = None
+
+    @property
+    def tested_step(self) -> int:
+        """The optimiser step of the weights trainer.test runs on: the loaded checkpoint's, else the latest."""
+        if self.trainer.ckpt_path is not None and self.loaded_step is not None:
+            return self.loaded_step
+        return self.global_step
 
     def fit_position(self, global_step: int | None = None, steps_per_epoch: int | None = None) -> tuple[int, int]:
         """(epoch, optimiser steps into it), both from 0, after ``global_step`` steps (default: the trainer's)."""
@@ -74,6 +83,7 @@ class ResumableModule(L.LightningModule):
         write_loop_position(loop, epoch, steps, *layout.locate(steps))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loaded_step, self.loaded_epoch = checkpoint.get("global_step"), checkpoint.get("epoch")
         self._restore_random_states(checkpoint)
         loop, layout = checkpoint.get("loops", {}).get("fit_loop"), self._layout()
         if loop is None or layout is None or self.trainer.state.fn != TrainerFn.FITTING:

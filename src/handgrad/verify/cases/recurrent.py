@@ -132,8 +132,9 @@ def _cell_inputs(kind: str, bias: bool = True, batched: bool = True, batch: int 
 # torch's CPU RNN ops and cells add in place inside their composite cells (linear_hh(h).add_(gx)), which vmap
 # refuses where h is unbatched: there is no torch reference for per-sample gradients. handgrad's vmap(grad) is
 # checked against torch's op run one sample at a time instead (tests/test_functional_recurrent.py).
-NO_VMAP_REFERENCE = {"vmap_grad": "torch's own op fails under vmap (its CPU cell adds in place: linear_hh(h).add_(gx)"
-                                  ": \"output with shape [N, H] doesn't match the broadcast shape\")"}
+NO_VMAP_REFERENCE = {"vmap_grad": "torch fails: torch's own op fails under vmap (its CPU cell adds in place, "
+                                  "linear_hh(h).add_(gx), \"output with shape [N, H] doesn't match the broadcast "
+                                  "shape\")"}
 
 
 def _recurrent_cases(kind: str) -> list[OpCase]:

@@ -123,9 +123,9 @@ CASES: list[OpCase] = [
     # graph), so every row here is already within max_norm; test_functional_sequence checks rescaled rows.
     OpCase("embedding(max_norm=2, rows within it)", F.embedding, torch_F.embedding,
            _embedding_inputs(6, 3, 2, 5, row_norm=1.5), dict(max_norm=2.0),
-           opt_out={"vmap_grad": "max_norm renormalises the shared weight in place from the rows the indices use "
-                                 "(torch.unique, a data-dependent shape), which vmap cannot batch; torch's "
-                                 "embedding_renorm_ fails under vmap too"}),
+           opt_out={"vmap_grad": "torch fails: max_norm renormalises the shared weight in place from the rows the "
+                                 "indices use (torch.unique, a data-dependent shape), which vmap cannot batch; "
+                                 "torch's embedding_renorm_ fails under vmap too"}),
     OpCase("gelu(none)", F.gelu, torch_F.gelu, elementwise_inputs),
     OpCase("gelu(tanh)", F.gelu, torch_F.gelu, elementwise_inputs, dict(approximate="tanh")),
     OpCase("residual_add(broadcast)", residual_add, torch.add, _residual_inputs),
