@@ -16,6 +16,8 @@ from conftest import REPO
 from lightning.pytorch.callbacks import timer
 from runs import LAST, STEPS_PER_EPOCH, assert_same_state, fit, last_checkpoint, logged
 
+from handgrad.lit_module import Classifier
+
 pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 OLD_CHECKPOINT = REPO / "tests" / "fixtures" / "spirals_step99_written_before_positions.ckpt"  # max_steps 99
 
@@ -177,3 +179,18 @@ def test_the_test_falls_back_to_last_ckpt_when_the_best_checkpoint_is_gone(tmp_p
     assert "the best checkpoint logs/spirals/version_0/checkpoints/epoch001-step158.ckpt is gone or damaged; testing " \
            "logs/spirals/version_0/checkpoints/last.ckpt\n" in err
     assert "(final weights: step 158)" in out.splitlines()[-1]
+
+
+def test_a_checkpoint_loads_for_inference_without_a_trainer(tmp_path, monkeypatch, one_thread):
+    """Classifier.load_from_checkpoint(path): the trained weights, ready to predict; the process's random state is
+    left to the caller (a training resume restores the checkpoint's, loading weights does not)."""
+    assert fit(tmp_path, monkeypatch, "--trainer.max_epochs", "1") == 0
+    path = tmp_path.joinpath(*LAST)
+    checkpoint = torch.load(path, weights_only=False)
+    model = Classifier.load_from_checkpoint(path)
+    saved_states = checkpoint.get("torch_rng_states_by_rank") or [checkpoint["torch_rng_state"]]
+    assert not any(torch.equal(torch.get_rng_state(), state) for state in saved_states)
+    saved = checkpoint["state_dict"]
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(saved[name], value) for name, value in model.state_dict().items())
+    assert model(torch.randn(5, 2)).shape == (5, 3)  # spirals: 2 inputs, 3 classes

@@ -131,6 +131,8 @@ class ResumableModule(L.LightningModule):
         return [row.cpu() for row in rows]
 
     def _restore_random_states(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is None:  # load_from_checkpoint for inference: the weights only, the random state untouched
+            return
         rank, ranks = self.trainer.global_rank, self.trainer.world_size
         by_rank = checkpoint.get("torch_rng_states_by_rank")
         if by_rank is not None and len(by_rank) == ranks:
