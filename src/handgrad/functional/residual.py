@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from handgrad.functional.function import TwinnedFunction, twinned
+from handgrad.functional.function import Autocast, TwinnedFunction, twinned
 
 
 @twinned
@@ -20,6 +20,8 @@ class ResidualAdd(TwinnedFunction):
     grad_r = grad_y summed over the dimensions r was broadcast along     (r's shape)
     jvp: t_y = t_x + t_r
     """
+
+    autocast = Autocast.AS_WRITTEN  # as torch's +, which autocast leaves alone: type promotion picks the dtype
 
     @staticmethod
     def forward(input, other):
