@@ -50,15 +50,23 @@ def logged(workdir) -> dict[str, list[tuple[int, float]]]:
     return {tag: scalars(log, tag) for tag in TAGS if tag in log.Tags()["scalars"]}
 
 
-def assert_same_state(resumed: dict, uninterrupted: dict) -> None:
-    """Bit for bit: the weights, SGD's momentum buffers, the step count, the place and every random state."""
+def assert_same_state(resumed: dict, uninterrupted: dict, **tolerance: float) -> None:
+    """Bit for bit (or within ``tolerance``, torch.testing.assert_close's rtol and atol): the weights and SGD's
+    momentum buffers; exactly: the step count, the place and every random state."""
+    def same(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+        if tolerance:
+            torch.testing.assert_close(actual, expected, **tolerance, msg=lambda m: f"{name}: {m}")
+        else:
+            assert torch.equal(actual, expected), name
     assert resumed["global_step"] == uninterrupted["global_step"] and resumed["epoch"] == uninterrupted["epoch"]
     assert resumed["handgrad_position"] == uninterrupted["handgrad_position"]
     for name, value in uninterrupted["state_dict"].items():
-        assert torch.equal(resumed["state_dict"][name], value), name
+        same(resumed["state_dict"][name], value, name)
     momentum = [s["momentum_buffer"] for s in uninterrupted["optimizer_states"][0]["state"].values()]
     resumed_momentum = [s["momentum_buffer"] for s in resumed["optimizer_states"][0]["state"].values()]
-    assert len(momentum) == 4 and all(map(torch.equal, resumed_momentum, momentum))
+    assert len(momentum) == len(resumed_momentum) == 4
+    for i, (actual, expected) in enumerate(zip(resumed_momentum, momentum, strict=True)):
+        same(actual, expected, f"momentum buffer {i}")
     assert torch.equal(resumed["torch_rng_state"], uninterrupted["torch_rng_state"])
     by_rank = uninterrupted.get("torch_rng_states_by_rank")
     assert (by_rank is None) == (resumed.get("torch_rng_states_by_rank") is None)

@@ -101,12 +101,16 @@ def test_a_max_time_stop_resumes_where_it_stopped(tmp_path, monkeypatch, uninter
 
 def test_a_checkpoint_written_before_positions_were_kept_resumes_where_it_stopped(tmp_path, monkeypatch,
                                                                                   uninterrupted, one_thread):
-    """Lightning counted that max_steps 99 stop as a finished epoch 2; its step count says where it was."""
+    """Lightning counted that max_steps 99 stop as a finished epoch 2; its step count says where it was.
+
+    The file's first 99 steps ran an older build of the ops, whose cross-entropy rounded some values in the
+    last bit differently, so the weights are compared within float32 noise (they differ by at most 1.7e-7);
+    the place, the step count and the random state exactly."""
     tmp_path.joinpath(*LAST[:-1]).mkdir(parents=True)
     shutil.copy(OLD_CHECKPOINT, tmp_path.joinpath(*LAST))
     assert "handgrad_position" not in last_checkpoint(tmp_path)
     assert fit(tmp_path, monkeypatch, "--trainer.max_epochs", "3", "--ckpt_path", "last") == 0
-    assert_same_state(last_checkpoint(tmp_path), uninterrupted[0])
+    assert_same_state(last_checkpoint(tmp_path), uninterrupted[0], rtol=1e-5, atol=1e-6)
 
 
 def test_resuming_in_float64_keeps_every_bit(tmp_path, monkeypatch, one_thread):
