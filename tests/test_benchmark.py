@@ -10,6 +10,7 @@ import pytest
 from handgrad.benchmarks.end_to_end import E2E_CONTENDERS
 from handgrad.benchmarks.networks import BACKENDS
 from handgrad.benchmarks.suite import main
+from handgrad.benchmarks.timing import paired_ratio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,3 +54,10 @@ def test_without_mnist_the_end_to_end_rows_are_skipped(tmp_path, capsys):
                            "--out-dir", str(tmp_path), "--name", "none"]) == 0
     assert json.loads((tmp_path / "none.json").read_text())["end_to_end_rows"] == []
     assert "row group 3 skipped: MNIST not readable" in capsys.readouterr().err
+
+
+def test_paired_ratio_is_the_median_of_the_repeat_by_repeat_ratios_with_its_block_spread():
+    hand = [2.0, 2.0, 3.0, 3.0, 6.0, 6.0, 2.0, 2.0, 4.0, 4.0]
+    other = [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]  # ratios 2 2 3 3 3 3 1 1 2 2
+    assert paired_ratio(hand, other) == (2.0, 1.0, 3.0)
+    assert paired_ratio([1.0], [4.0]) == (0.25, 0.25, 0.25)  # fewer repeats than blocks: the empty ones drop out

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import handgrad.functional as F
+from handgrad.benchmarks.timing import paired_ratio
 from handgrad.models_blocks import composed_attention
 
 CONTENDERS: dict[str, Callable] = {"hand": F.scaled_dot_product_attention, "autograd": composed_attention,
@@ -92,15 +93,12 @@ def attention_rows(length: int = 256, repeats: int = 40, batch: int = 4, heads: 
     rows = []
     for is_causal in (True, False):
         measured = times(tensors, is_causal, repeats)
-        ratios = [h / a for h, a in zip(measured["hand"], measured["autograd"], strict=True)]
-        blocks = [statistics.median(ratios[i * len(ratios) // 5:(i + 1) * len(ratios) // 5])
-                  for i in range(5) if ratios[i * len(ratios) // 5:(i + 1) * len(ratios) // 5]]
+        ratio, low, high = paired_ratio(measured["hand"], measured["autograd"])
         saved = {name: saved_bytes(fn, tensors, is_causal) for name, fn in CONTENDERS.items()}
         rows.append(dict(length=length, is_causal=is_causal, repeats=repeats,
                          **{f"{name}_ms": statistics.median(t) * 1e3 for name, t in measured.items()},
-                         ratio=statistics.median(ratios), ratio_low=min(blocks), ratio_high=max(blocks),
-                         torch_ratio=statistics.median(h / t for h, t in zip(measured["hand"], measured["torch"],
-                                                                             strict=True)),
+                         ratio=ratio, ratio_low=low, ratio_high=high,
+                         torch_ratio=paired_ratio(measured["hand"], measured["torch"])[0],
                          **{f"{name}_saved": n for name, n in saved.items()},
                          saved_ratio=saved["hand"] / saved["autograd"], same_results=same_results(tensors, is_causal)))
     return rows

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import handgrad.functional as F
-from handgrad.benchmarks.timing import time_interleaved
+from handgrad.benchmarks.timing import paired_ratio, time_interleaved
 from handgrad.lm_module import LanguageModel, clip_grad_norm
 from handgrad.models_lm import GPT, CharLSTM
 from handgrad.optim import AdamW
@@ -82,9 +82,9 @@ def step_rows(repeats: int) -> list[dict]:
         steps = {backend: partial(training_step, model, AdamW(model.parameters(), 1e-4), x, y)
                  for backend, model in (("hand", hand), ("autograd", twin))}
         times = time_interleaved(steps, repeats, chunk_s=0.3, device=torch.device("cpu"), clock="cpu")
-        ratios = [h / a for h, a in zip(times["hand"], times["autograd"], strict=True)]
         rows.append(dict(name=name, hand=statistics.median(times["hand"]),
-                         autograd=statistics.median(times["autograd"]), ratio=statistics.median(ratios),
+                         autograd=statistics.median(times["autograd"]),
+                         ratio=paired_ratio(times["hand"], times["autograd"])[0],
                          hand_saved=saved_bytes(hand, x, y), autograd_saved=saved_bytes(twin, x, y)))
     return rows
 
@@ -115,9 +115,9 @@ def op_rows(repeats: int) -> list[dict]:
         steps = {"hand": partial(_forward_backward, hand, inputs),
                  "autograd": partial(_forward_backward, reference, inputs)}
         times = time_interleaved(steps, repeats, chunk_s=0.1, device=torch.device("cpu"), clock="cpu")
-        ratios = [h / a for h, a in zip(times["hand"], times["autograd"], strict=True)]
         rows.append(dict(name=name, hand=statistics.median(times["hand"]),
-                         autograd=statistics.median(times["autograd"]), ratio=statistics.median(ratios)))
+                         autograd=statistics.median(times["autograd"]),
+                         ratio=paired_ratio(times["hand"], times["autograd"])[0]))
     return rows
 
 

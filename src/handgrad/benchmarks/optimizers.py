@@ -27,6 +27,7 @@ from datetime import date
 import torch
 
 import handgrad.optim
+from handgrad.benchmarks.timing import paired_ratio
 
 MLP_SIZES = (784, 256, 256, 10)
 OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adadelta", "Adagrad")
@@ -82,14 +83,12 @@ def optimizer_rows(names: tuple[str, ...] = ("Adam", "AdamW"), repeats: int = 20
     rows = []
     for name in names:
         times = step_times(contenders(name, sizes), repeats)
-        ratios = [h / t for h, t in zip(times["handgrad"], times["torch_foreach"], strict=True)]
-        blocks = [ratios[i * len(ratios) // 5:(i + 1) * len(ratios) // 5] for i in range(5)]
-        block_ratios = [statistics.median(block) for block in blocks if block]
+        ratio, low, high = paired_ratio(times["handgrad"], times["torch_foreach"])
         rows.append(dict(optimizer=name, settings=SETTINGS.get(name, {}), parameters=sum(
             a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)), repeats=repeats,
             handgrad_us=statistics.median(times["handgrad"]) * 1e6,
             torch_foreach_us=statistics.median(times["torch_foreach"]) * 1e6,
-            ratio=statistics.median(ratios), ratio_low=min(block_ratios), ratio_high=max(block_ratios),
+            ratio=ratio, ratio_low=low, ratio_high=high,
             same_path=same_path(name, sizes=sizes)))
     return rows
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import handgrad.functional as F
+from handgrad.benchmarks.timing import paired_ratio
 
 SIZES = dict(length=64, batch=32, input_size=64, hidden=128)
 NATIVE: dict[str, Callable] = {"lstm": torch.lstm, "gru": torch.gru}  # what torch.nn.LSTM / GRU call
@@ -175,7 +176,7 @@ def row(kind: str, repeats: int, sizes: dict) -> dict:
         result[f"{name}_ms"] = 1e3 * statistics.median(t[name])
         result[f"{name}_saved_mb"] = saved_bytes(lambda name=name: c.forward(name), c.leaves) / 2**20
     for other in ("autograd", "native"):
-        result[f"ratio_{other}"] = statistics.median(h / o for h, o in zip(t["handgrad"], t[other], strict=True))
+        result[f"ratio_{other}"] = paired_ratio(t["handgrad"], t[other])[0]
     return result
 
 

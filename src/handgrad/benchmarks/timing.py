@@ -7,8 +7,9 @@ processes hold the cores. Reported values are medians over repeats, and medians 
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -48,6 +49,16 @@ def time_interleaved(steps: Mapping[str, Callable[..., object]], repeats: int, c
             sync()
             times[name].append((now() - start) / chunk)
     return times
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float],
+                 blocks: int = 5) -> tuple[float, float, float]:
+    """The median of the repeat-by-repeat ratios numerator / denominator, and the lowest and highest median
+    among ``blocks`` equal blocks of the repeats in order: how far the ratio moved as the machine's load did."""
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    parts = [ratios[i * len(ratios) // blocks:(i + 1) * len(ratios) // blocks] for i in range(blocks)]
+    block_medians = [statistics.median(part) for part in parts if part]
+    return statistics.median(ratios), min(block_medians), max(block_medians)
 
 
 class EpochTimer(L.Callback):
