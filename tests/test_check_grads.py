@@ -7,8 +7,8 @@ import importlib.util
 import sys
 
 from conftest import REPO
+from test_function import FirstOrderSquare  # a Function not yet written to rules R1-R8
 
-from handgrad.functional.function import TwinnedFunction, twinned
 from handgrad.verify import OP_CASES, OpCase
 from handgrad.verify.inputs import elementwise_inputs
 from handgrad.verify.transforms import first_order
@@ -18,26 +18,6 @@ check_grads = sys.modules["check_grads"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(check_grads)
 
 CASES = {case.name: case for case in OP_CASES}
-
-
-@twinned
-class FirstOrderSquare(TwinnedFunction):
-    """y = x^2;  grad_x = 2 x grad_y: a Function not yet written to rules R1-R8."""
-
-    once_differentiable = True
-
-    @staticmethod
-    def forward(input):
-        return input * input
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0].detach())
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad_output
 
 
 FIRST_ORDER_ROW = OpCase("square(first order)", lambda input: FirstOrderSquare.call(input), lambda input: input * input,
